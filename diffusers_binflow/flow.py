@@ -1,0 +1,81 @@
+"""The binary flow path and the conversions between what a network predicts and what the ODE needs.
+
+Convention (diffusers'): ``sigma`` in [0, 1], ``sigma = 1`` is pure noise and ``sigma = 0`` is data,
+
+    x_sigma = (1 - sigma) * x + sigma * eps,        eps ~ N(0, I),        x = bit_scale * (2b - 1),
+
+and model timesteps are ``sigma * num_train_timesteps``. The paper (arXiv 2602.10420) writes ``t = 1 - sigma``.
+Along the path ``dx_sigma / dsigma = eps - x`` (diffusers' flow-matching "velocity"), so a prediction ``x_hat`` of
+the clean signal implies the velocity ``v_hat = (x_sigma - x_hat) / sigma``.
+
+What a network may predict (``prediction_type``):
+
+- ``"sample"``: ``x_hat`` itself;
+- ``"logits"``: per-bit logits ``l`` with ``x_hat = bit_scale * tanh(l / 2)`` (i.e. ``2 * sigmoid(l) - 1``, scaled);
+- ``"velocity"``: ``v = eps - x``, so ``x_hat = x_sigma - sigma * v``;
+- ``"epsilon"``: ``eps``, so ``x_hat = (x_sigma - sigma * eps) / (1 - sigma)``.
+"""
+
+import torch
+
+from .utils import check_choice
+
+
+PREDICTION_TYPES = ("sample", "logits", "velocity", "epsilon")
+# Predictions that live in the signal (x) space: the paper's "x-prediction".
+X_PREDICTION_TYPES = ("sample", "logits")
+
+# An epsilon prediction says nothing about x at sigma = 1; its x_hat divides by (1 - sigma), floored here.
+MIN_SIGNAL_FRACTION = 1e-3
+
+
+def check_prediction_type(prediction_type: str) -> None:
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+
+
+def expand_sigma(sigma, like: torch.Tensor) -> torch.Tensor:
+    """Return `sigma` (a float, a 0-d tensor or one value per sample, shape (B,)) shaped to broadcast against `like`."""
+    sigma = torch.as_tensor(sigma, device=like.device, dtype=like.dtype)
+    if sigma.ndim == 0 or (sigma.ndim == like.ndim and sigma.shape[1:] == (1,) * (like.ndim - 1)):
+        return sigma
+    if sigma.ndim != 1 or sigma.shape[0] != like.shape[0]:
+        raise ValueError(
+            f"`sigmas` must be a scalar or hold one value per sample (shape ({like.shape[0]},)), got {tuple(sigma.shape)}."
+        )
+    return sigma.view(-1, *([1] * (like.ndim - 1)))
+
+
+def interpolate(clean: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
+    """The point of the path at `sigma`: ``(1 - sigma) * clean + sigma * noise``."""
+    sigma = expand_sigma(sigma, clean)
+    return (1 - sigma) * clean + sigma * noise
+
+
+def predict_x0(
+    model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
+) -> torch.Tensor:
+    """The clean-signal estimate ``x_hat`` implied by `model_output` for the noisy `sample` at `sigma`."""
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "logits":
+        return bit_scale * torch.tanh(model_output / 2)
+    sigma = expand_sigma(sigma, sample)
+    if prediction_type == "velocity":
+        return sample - sigma * model_output
+    if prediction_type == "epsilon":
+        return (sample - sigma * model_output) / (1 - sigma).clamp_min(MIN_SIGNAL_FRACTION)
+    check_prediction_type(prediction_type)
+
+
+def velocity_from_x0(sample: torch.Tensor, x0: torch.Tensor, sigma) -> torch.Tensor:
+    """The velocity ``(x_sigma - x_hat) / sigma`` implied by an estimate `x0`; `sigma` must be positive."""
+    return (sample - x0) / expand_sigma(sigma, sample)
+
+
+def predict_velocity(
+    model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
+) -> torch.Tensor:
+    """The ODE derivative ``dx_sigma / dsigma`` implied by `model_output` at a positive `sigma`."""
+    if prediction_type == "velocity":
+        return model_output
+    return velocity_from_x0(sample, predict_x0(model_output, sample, sigma, prediction_type, bit_scale), sigma)

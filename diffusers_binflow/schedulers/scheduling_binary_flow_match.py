@@ -1,0 +1,288 @@
+"""ODE sampler for binary flow matching (arXiv 2602.10420), in the diffusers scheduler API."""
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
+from ..flow import check_prediction_type, interpolate, predict_velocity, predict_x0
+from ..utils import check_choice
+
+
+SOLVERS = ("euler", "heun")
+FINAL_STEPS = ("threshold", "bernoulli", "none")
+
+
+@dataclass
+class BinaryFlowMatchSchedulerOutput(BaseOutput):
+    """
+    Output of [`BinaryFlowMatchScheduler.step`].
+
+    Args:
+        prev_sample (`torch.Tensor`, same shape as the sample):
+            The state at the next sigma; after the last step, the signal after the final-step rule.
+        pred_original_sample (`torch.Tensor`, same shape as the sample):
+            The model's estimate ``x_hat`` of the clean signal at the current sigma.
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
+    """
+    Integrates the flow-matching ODE from noise (sigma = 1) to binary data (sigma = 0).
+
+    Convention (diffusers'): ``x_sigma = (1 - sigma) * x + sigma * eps`` with ``x = bit_scale * (2b - 1)``, and
+    model timesteps ``sigma * num_train_timesteps`` (floats, descending). The paper's time is ``t = 1 - sigma``.
+    Each step turns the model output into an estimate ``x_hat`` of the clean signal and the implied velocity
+    ``(x_sigma - x_hat) / sigma``. The step into sigma = 0 never divides by sigma: it returns ``x_hat`` itself,
+    then applies the final-step rule.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000):
+            Scale between sigma and model timesteps.
+        prediction_type (`str`, defaults to `"sample"`):
+            What the model outputs: `"sample"` (x_hat), `"logits"` (per-bit logits, x_hat = bit_scale*tanh(l/2)),
+            `"velocity"` (eps - x, diffusers' flow-matching target) or `"epsilon"`.
+        bit_scale (`float`, defaults to 1.0):
+            Amplitude of the signal: bit 1 is `+bit_scale`, bit 0 is `-bit_scale`.
+        solver (`str`, defaults to `"euler"`):
+            `"euler"` (one model call per step) or `"heun"` (second order; two calls per step, one on the last).
+        final_step (`str`, defaults to `"threshold"`):
+            What the step into sigma = 0 returns: `"threshold"` (the sign of x_hat, as +-bit_scale), `"bernoulli"`
+            (bits drawn with P(bit = 1) read off x_hat) or `"none"` (x_hat unchanged).
+        shift (`float`, defaults to 1.0):
+            Moves the sigma grid towards noise, ``sigma -> shift*sigma / (1 + (shift-1)*sigma)``, as in
+            `FlowMatchEulerDiscreteScheduler`.
+    """
+
+    _compatibles = ["FlowMatchEulerDiscreteScheduler"]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        prediction_type: str = "sample",
+        bit_scale: float = 1.0,
+        solver: str = "euler",
+        final_step: str = "threshold",
+        shift: float = 1.0,
+    ):
+        check_prediction_type(prediction_type)
+        check_choice("solver", solver, SOLVERS)
+        check_choice("final_step", final_step, FINAL_STEPS)
+        if num_train_timesteps < 1:
+            raise ValueError(f"`num_train_timesteps` must be at least 1, got {num_train_timesteps}.")
+        if bit_scale <= 0 or shift <= 0:
+            raise ValueError(f"`bit_scale` and `shift` must be positive, got {bit_scale} and {shift}.")
+        self.order = 2 if solver == "heun" else 1
+
+        # The training grid, as FlowMatchEulerDiscreteScheduler exposes it; sampling needs `set_timesteps`.
+        self.sigmas = self._shift(torch.linspace(1.0, 1.0 / num_train_timesteps, num_train_timesteps))
+        self.timesteps = self.sigmas * num_train_timesteps
+        self.num_inference_steps = None
+        self._step_index = None
+        self._begin_index = None
+        self._heun_first_stage = None
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """Standard deviation of the initial noise: sampling starts from eps ~ N(0, I)."""
+        return 1.0
+
+    @property
+    def step_index(self):
+        """Index into `timesteps` of the next call to `step`."""
+        return self._step_index
+
+    @property
+    def begin_index(self):
+        """First index into `timesteps`; set by pipelines that start part-way (`set_begin_index`)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0):
+        self._begin_index = begin_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """The model sees the state unscaled (present for pipelines written for SD-style schedulers)."""
+        return sample
+
+    def bits_to_signal(self, bits: torch.Tensor) -> torch.Tensor:
+        return bits_to_signal(bits, self.config.bit_scale)
+
+    def signal_to_bits(self, signal: torch.Tensor) -> torch.Tensor:
+        return signal_to_bits(signal)
+
+    def _shift(self, sigmas: torch.Tensor) -> torch.Tensor:
+        shift = self.config.shift
+        return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: list[float] | None = None,
+        timesteps: list[float] | None = None,
+    ):
+        """
+        Build the sampling grid: `num_inference_steps` steps from sigma = 1 to sigma = 0.
+
+        Args:
+            num_inference_steps (`int`, *optional*):
+                Number of ODE steps. The default grid is uniform in sigma, ``linspace(1, 0, N + 1)``, then shifted.
+            device (`str` or `torch.device`, *optional*):
+                Where to put `timesteps` and `sigmas`.
+            sigmas (`list[float]`, *optional*):
+                The caller's grid: strictly decreasing values in [0, 1], shifted like the default one. A terminal
+                0 is appended unless the list already ends in 0 (diffusers passes N sigmas for N steps).
+            timesteps (`list[float]`, *optional*):
+                The same as `sigmas`, in model timesteps (``sigma * num_train_timesteps``).
+        """
+        if sigmas is not None and timesteps is not None:
+            raise ValueError("Pass either `sigmas` or `timesteps`, not both.")
+        if timesteps is not None:
+            sigmas = torch.as_tensor(timesteps, dtype=torch.float32) / self.config.num_train_timesteps
+        if sigmas is None:
+            if num_inference_steps is None or num_inference_steps < 1:
+                raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps}.")
+            sigmas = torch.linspace(1.0, 0.0, num_inference_steps + 1)
+        else:
+            sigmas = self._check_custom_sigmas(sigmas, num_inference_steps)
+        sigmas = self._shift(sigmas)
+
+        self.num_inference_steps = len(sigmas) - 1
+        if self.config.solver == "heun":
+            # Heun evaluates the model twice at each interior sigma (predictor, then corrector); the last step
+            # into sigma = 0 is an Euler step, which there returns x_hat itself.
+            sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+        self.sigmas = sigmas.to(device=device, dtype=torch.float32)
+        self.timesteps = self.sigmas[:-1] * self.config.num_train_timesteps
+        self._step_index = None
+        self._begin_index = None
+        self._heun_first_stage = None
+
+    @staticmethod
+    def _check_custom_sigmas(sigmas, num_inference_steps: int | None) -> torch.Tensor:
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
+        if len(sigmas) == 0 or not torch.isfinite(sigmas).all() or sigmas.min() < 0 or sigmas.max() > 1:
+            raise ValueError(f"`sigmas` must be finite values in [0, 1], got {sigmas.tolist()}.")
+        if sigmas[-1] != 0:
+            sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+        if len(sigmas) < 2 or not (sigmas[1:] < sigmas[:-1]).all():
+            raise ValueError(f"`sigmas` must be strictly decreasing towards 0, got {sigmas.tolist()}.")
+        if num_inference_steps is not None and num_inference_steps != len(sigmas) - 1:
+            raise ValueError(
+                f"`num_inference_steps`={num_inference_steps} disagrees with the {len(sigmas) - 1} steps in `sigmas`."
+            )
+        return sigmas
+
+    def index_for_timestep(self, timestep, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """Position of `timestep` in the schedule (the second match when it repeats, as diffusers' Heun does)."""
+        schedule_timesteps = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        indices = (schedule_timesteps == torch.as_tensor(timestep, device=schedule_timesteps.device)).nonzero()
+        if len(indices) == 0:
+            raise ValueError(f"Timestep {float(timestep)} is not in the schedule; pass a value of `scheduler.timesteps`.")
+        return indices[1 if len(indices) > 1 else 0].item()
+
+    def _init_step_index(self, timestep):
+        self._step_index = self.index_for_timestep(timestep) if self.begin_index is None else self.begin_index
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> BinaryFlowMatchSchedulerOutput | tuple:
+        """
+        Advance `sample` from the current sigma to the next one.
+
+        Args:
+            model_output (`torch.Tensor`): The network's output at `sample`, of the scheduler's `prediction_type`.
+            timestep (`float` or `torch.Tensor`): The current value of `scheduler.timesteps`.
+            sample (`torch.Tensor`): The current state ``x_sigma``.
+            generator (`torch.Generator` or a list of them, *optional*):
+                Drives the `"bernoulli"` final step; a list seeds each batch item separately.
+            return_dict (`bool`, defaults to `True`): Return a dataclass rather than a tuple.
+
+        Returns:
+            [`BinaryFlowMatchSchedulerOutput`] or `tuple` ``(prev_sample, pred_original_sample)``.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("Call `set_timesteps` before `step`: the scheduler has no sampling grid yet.")
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"`model_output` has shape {tuple(model_output.shape)} but `sample` has {tuple(sample.shape)}."
+            )
+        if not torch.is_floating_point(torch.as_tensor(timestep)):
+            raise ValueError(
+                "Integer timesteps (e.g. loop indices) are not accepted; pass a value of `scheduler.timesteps`."
+            )
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        if self.step_index >= len(self.timesteps):
+            raise ValueError("All steps have been taken; call `set_timesteps` again to sample anew.")
+
+        # Computed in float32 like diffusers' flow-matching schedulers, then cast back to the caller's dtype.
+        output, state = model_output.float(), sample.float()
+        sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+        x0 = predict_x0(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
+
+        if self._heun_first_stage is not None:
+            prev_sample = self._heun_correct(output, state, sigma)
+        elif sigma_next == 0:
+            prev_sample = self._final_step(x0, generator)
+        else:
+            velocity = predict_velocity(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
+            prev_sample = state + (sigma_next - sigma) * velocity
+            if self.config.solver == "heun":
+                self._heun_first_stage = (state, velocity, sigma_next - sigma)
+
+        self._step_index += 1
+        prev_sample, x0 = prev_sample.to(model_output.dtype), x0.to(model_output.dtype)
+        if not return_dict:
+            return (prev_sample, x0)
+        return BinaryFlowMatchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def _heun_correct(self, output: torch.Tensor, state: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Heun's corrector: redo the step from its start with the mean of the two slopes."""
+        start, first_velocity, dt = self._heun_first_stage
+        self._heun_first_stage = None
+        velocity = predict_velocity(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
+        return start + dt * (first_velocity + velocity) / 2
+
+    def _final_step(self, x0: torch.Tensor, generator) -> torch.Tensor:
+        """The step into sigma = 0 lands on x_hat; the final-step rule then decides the bits."""
+        bit_scale = self.config.bit_scale
+        if self.config.final_step == "threshold":
+            return bits_to_signal(signal_to_bits(x0), bit_scale)
+        if self.config.final_step == "bernoulli":
+            # u = Phi(z) is uniform; drawing z with randn_tensor keeps diffusers' per-item generator semantics.
+            uniform = torch.special.ndtr(randn_tensor(x0.shape, generator=generator, device=x0.device))
+            return bits_to_signal((uniform < signal_to_probabilities(x0, bit_scale)).float(), bit_scale)
+        return x0
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Training-time noising in DDPM argument order: the path at ``sigma = timesteps / num_train_timesteps``.
+
+        `original_samples` is the clean signal (see `bits_to_signal`); `timesteps` holds one value per sample
+        (any float, not only grid values).
+        """
+        sigmas = torch.as_tensor(timesteps, device=original_samples.device, dtype=torch.float32)
+        return interpolate(original_samples, noise, sigmas / self.config.num_train_timesteps)
+
+    def scale_noise(self, sample: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The same as `add_noise`, in `FlowMatchEulerDiscreteScheduler`'s argument order."""
+        return self.add_noise(sample, noise, timestep)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

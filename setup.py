@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+
+setup(
+    name="diffusers-binflow",
+    version="0.1.0",
+    description="Binary flow matching (prediction-loss space alignment, arXiv 2602.10420) for Hugging Face diffusers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["diffusers_binflow", "diffusers_binflow.*"]),
+    include_package_data=True,
+    # Floors: diffusers 0.42 is the first release that accepts huggingface_hub 2.x (and needs Python 3.11);
+    # transformers 5 is the line that works with hub >= 1.31. Tested together by `make test`.
+    install_requires=[
+        "diffusers>=0.42.0",
+        "torch>=2.6",
+        "transformers>=5.0",
+        "accelerate>=1.0",
+        "huggingface-hub>=1.32,<3",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "Pillow>=10",
+    ],
+    extras_require={
+        # Jinja2 renders model cards; tensorboard is optional logging; datasets reads --dataset_name.
+        "training": ["Jinja2>=3.1", "tensorboard>=2.14", "datasets>=3.0"],
+        "test": ["pytest>=8.0"],
+        "benchmarks": ["matplotlib>=3.8"],
+    },
+)
