@@ -79,3 +79,23 @@ def predict_velocity(
     if prediction_type == "velocity":
         return model_output
     return velocity_from_x0(sample, predict_x0(model_output, sample, sigma, prediction_type, bit_scale), sigma)
+
+
+def model_output_from_x0(
+    x0: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
+) -> torch.Tensor:
+    """The output of `prediction_type` that implies the estimate `x0` (the inverse of `predict_x0`; sigma > 0).
+
+    Logits are capped where ``x0`` reaches +-bit_scale (a guided estimate may overshoot it).
+    """
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "logits":
+        limit = 1 - torch.finfo(torch.float32).eps
+        return 2 * torch.atanh((x0 / bit_scale).clamp(-limit, limit))
+    sigma = expand_sigma(sigma, sample)
+    if prediction_type == "velocity":
+        return (sample - x0) / sigma
+    if prediction_type == "epsilon":
+        return (sample - (1 - sigma) * x0) / sigma
+    check_prediction_type(prediction_type)

@@ -21,34 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.hub_client import TOKEN, run_client
 from tests.hub_server import HubServer, git_blob_sha1
-
-TOKEN = "hf_dummy_token"
 
 
 @pytest.fixture
 def hub():
     with HubServer(lfs_threshold=1024) as server:
         yield server
-
-
-def run_client(hub: HubServer, tmp_path: Path, code: str, *, xet: bool = False, token: str | None = TOKEN,
-               home: str = "hf_home", timeout: int = 180) -> dict:
-    """Run ``code`` in a fresh interpreter pointed at ``hub``; it reports back with ``emit(dict)``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_"))}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / home), HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
-    if token is not None:
-        env["HF_TOKEN"] = token
-    if not xet:
-        env["HF_HUB_DISABLE_XET"] = "1"
-    prelude = "import json\ndef emit(obj):\n    print('RESULT ' + json.dumps(obj), flush=True)\n"
-    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr}"
-    results = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(results[-1]) if results else {}
-
 
 def make_folder(root: Path, files: dict[str, bytes]) -> Path:
     for rel, data in files.items():

@@ -59,6 +59,10 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         shift (`float`, defaults to 1.0):
             Moves the sigma grid towards noise, ``sigma -> shift*sigma / (1 + (shift-1)*sigma)``, as in
             `FlowMatchEulerDiscreteScheduler`.
+        stochastic_sampling (`bool`, defaults to `False`):
+            Replace the ODE step by the ancestral one of `FlowMatchEulerDiscreteScheduler`: jump to the path point
+            ``(1 - sigma_next) * x_hat + sigma_next * fresh_noise``. Euler only. It mixes better when part of
+            the sample is held fixed (completion).
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler"]
@@ -73,6 +77,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         solver: str = "euler",
         final_step: str = "threshold",
         shift: float = 1.0,
+        stochastic_sampling: bool = False,
     ):
         check_prediction_type(prediction_type)
         check_choice("solver", solver, SOLVERS)
@@ -81,6 +86,8 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"`num_train_timesteps` must be at least 1, got {num_train_timesteps}.")
         if bit_scale <= 0 or shift <= 0:
             raise ValueError(f"`bit_scale` and `shift` must be positive, got {bit_scale} and {shift}.")
+        if stochastic_sampling and solver != "euler":
+            raise ValueError("stochastic_sampling replaces the ODE step and works with solver='euler' only.")
         self.order = 2 if solver == "heun" else 1
 
         # The training grid, as FlowMatchEulerDiscreteScheduler exposes it; sampling needs `set_timesteps`.
@@ -209,7 +216,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             timestep (`float` or `torch.Tensor`): The current value of `scheduler.timesteps`.
             sample (`torch.Tensor`): The current state ``x_sigma``.
             generator (`torch.Generator` or a list of them, *optional*):
-                Drives the `"bernoulli"` final step; a list seeds each batch item separately.
+                Drives the `"bernoulli"` final step and stochastic sampling; a list seeds each batch item separately.
             return_dict (`bool`, defaults to `True`): Return a dataclass rather than a tuple.
 
         Returns:
@@ -239,6 +246,8 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             prev_sample = self._heun_correct(output, state, sigma)
         elif sigma_next == 0:
             prev_sample = self._final_step(x0, generator)
+        elif self.config.stochastic_sampling:
+            prev_sample = interpolate(x0, randn_tensor(x0.shape, generator=generator, device=x0.device), sigma_next)
         else:
             velocity = predict_velocity(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
             prev_sample = state + (sigma_next - sigma) * velocity

@@ -198,6 +198,29 @@ def test_velocity_euler_trajectory_equals_flow_match_euler_discrete():
     assert worst <= 1e-6, worst
 
 
+def test_stochastic_velocity_trajectory_equals_flow_match_euler_stochastic_sampling():
+    ours = BinaryFlowMatchScheduler(prediction_type="velocity", final_step="none", stochastic_sampling=True)
+    theirs = FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)
+    sigmas = [1.0, 0.6, 0.3, 0.1]
+    ours.set_timesteps(sigmas=sigmas)
+    theirs.set_timesteps(sigmas=sigmas)
+    g_ours, g_theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    a = b = dummy_sample()
+    for t_ours, t_theirs in zip(ours.timesteps, theirs.timesteps):
+        a = ours.step(torch.sin(a), t_ours, a, generator=g_ours).prev_sample
+        b = theirs.step(torch.sin(b), t_theirs, b, generator=g_theirs).prev_sample
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_stochastic_step_lands_on_the_path_around_the_prediction():
+    scheduler = BinaryFlowMatchScheduler(stochastic_sampling=True)
+    scheduler.set_timesteps(sigmas=[1.0, 0.25])
+    x_hat = torch.full((20000, 4), 0.6)
+    prev = scheduler.step(x_hat, scheduler.timesteps[0], torch.randn(20000, 4), generator=torch.Generator().manual_seed(0))
+    assert prev.prev_sample.mean().item() == pytest.approx(0.75 * 0.6, abs=0.01)
+    assert prev.prev_sample.std().item() == pytest.approx(0.25, abs=0.01)
+
+
 # ------------------------------------------------------------------------- exact-posterior oracles
 
 
@@ -311,6 +334,7 @@ def test_config_attributes_warn_and_missing_attributes_raise():
         ({"final_step": "round"}, "final_step"),
         ({"bit_scale": 0.0}, "bit_scale"),
         ({"num_train_timesteps": 0}, "num_train_timesteps"),
+        ({"solver": "heun", "stochastic_sampling": True}, "solver='euler' only"),
     ],
 )
 def test_bad_config_is_refused_by_name(kwargs, message):

@@ -1,0 +1,4 @@
+from .pipeline_binary_flow import BinaryFlowPipeline
+
+
+__all__ = ["BinaryFlowPipeline"]

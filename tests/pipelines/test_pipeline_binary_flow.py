@@ -1,0 +1,322 @@
+import inspect
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDPMScheduler, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers.callbacks import PipelineCallback
+
+from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
+from diffusers_binflow.flow import predict_x0
+from tests.pipelines.oracle_denoiser import OracleDenoiser
+
+
+def tiny_unet(num_class_embeds=None, seed=0):
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(4, 8), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=num_class_embeds)
+
+
+def tiny_pipeline(**scheduler_kwargs):
+    pipe = BinaryFlowPipeline(unet=tiny_unet(), scheduler=BinaryFlowMatchScheduler(**scheduler_kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def conditional_pipeline(num_classes=3, **scheduler_kwargs):
+    pipe = BinaryFlowPipeline(unet=tiny_unet(num_class_embeds=num_classes + 1),
+                              scheduler=BinaryFlowMatchScheduler(**scheduler_kwargs), null_class_label=num_classes)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# -------------------------------------------------------------------------------------------- outputs
+
+
+def test_output_types_hold_bits_in_diffusers_layouts():
+    pipe = tiny_pipeline()
+    kwargs = dict(batch_size=2, num_inference_steps=3)
+    pil = pipe(**kwargs, generator=seeded(), output_type="pil").images
+    np_images = pipe(**kwargs, generator=seeded(), output_type="np").images
+    pt = pipe(**kwargs, generator=seeded(), output_type="pt").images
+    assert len(pil) == 2 and pil[0].mode == "L" and set(np.unique(np.asarray(pil[0]))) <= {0, 255}
+    assert np_images.shape == (2, 8, 8, 1) and set(np.unique(np_images)) <= {0.0, 1.0}
+    assert pt.shape == (2, 1, 8, 8)
+    np.testing.assert_array_equal(pt.permute(0, 2, 3, 1).numpy(), np_images)
+    np.testing.assert_array_equal(np.asarray(pil[1])[..., None] / 255, np_images[1])
+
+
+def test_probs_are_the_last_prediction_and_threshold_to_the_bits():
+    pipe = tiny_pipeline()
+    probs = pipe(batch_size=2, num_inference_steps=3, generator=seeded(), output_type="probs").images
+    bits = pipe(batch_size=2, num_inference_steps=3, generator=seeded(), output_type="pt").images
+    assert probs.min() >= 0 and probs.max() <= 1 and not set(probs.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close((probs > 0.5).float(), bits)
+
+
+def test_latent_output_is_the_final_signal():
+    pipe = tiny_pipeline(bit_scale=0.5)
+    latents = pipe(batch_size=2, num_inference_steps=3, generator=seeded(), output_type="latent").images
+    assert set(latents.unique().tolist()) <= {-0.5, 0.5}
+
+
+def test_bernoulli_final_step_draws_from_the_generator():
+    pipe = tiny_pipeline(final_step="bernoulli")
+    a = pipe(batch_size=2, num_inference_steps=2, generator=seeded(1), output_type="pt").images
+    b = pipe(batch_size=2, num_inference_steps=2, generator=seeded(1), output_type="pt").images
+    assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------- diffusers pipeline checks
+
+
+def test_call_signature_has_the_diffusers_arguments():
+    parameters = inspect.signature(BinaryFlowPipeline.__call__).parameters
+    for name in ("batch_size", "num_inference_steps", "generator", "latents", "output_type", "return_dict",
+                 "callback_on_step_end", "callback_on_step_end_tensor_inputs", "class_labels", "guidance_scale"):
+        assert name in parameters and parameters[name].default is not inspect.Parameter.empty
+
+
+def test_batch_item_equals_a_single_call_with_its_generator():
+    for final_step in ("threshold", "bernoulli"):
+        pipe = tiny_pipeline(final_step=final_step)
+        batched = pipe(batch_size=3, num_inference_steps=3, output_type="pt",
+                       generator=[seeded(s) for s in (4, 5, 6)]).images
+        single = pipe(batch_size=1, num_inference_steps=3, output_type="pt", generator=seeded(5)).images
+        assert len(batched) == 3 and torch.equal(batched[1:2], single)
+
+
+def test_dict_and_tuple_outputs_are_equal():
+    pipe = tiny_pipeline()
+    as_dict = pipe(num_inference_steps=2, generator=seeded(), output_type="np").images
+    (as_tuple,) = pipe(num_inference_steps=2, generator=seeded(), output_type="np", return_dict=False)
+    np.testing.assert_array_equal(as_dict, as_tuple)
+
+
+def test_components_and_offload_sequence():
+    pipe = tiny_pipeline()
+    assert set(pipe.components) == {"unet", "scheduler"}
+    assert pipe.model_cpu_offload_seq == "unet"
+
+
+def test_save_and_load_locally_gives_identical_outputs(tmp_path):
+    pipe = conditional_pipeline(solver="heun", prediction_type="logits")
+    pipe.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    assert model_index["scheduler"] == ["diffusers_binflow.schedulers.scheduling_binary_flow_match",
+                                        "BinaryFlowMatchScheduler"]
+    assert model_index["unet"] == ["diffusers", "UNet2DModel"] and model_index["null_class_label"] == 3
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = BinaryFlowPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.null_class_label == 3 and loaded.scheduler.config.solver == "heun"
+    kwargs = dict(batch_size=2, class_labels=[0, 2], guidance_scale=2.0, num_inference_steps=3, output_type="probs")
+    torch.testing.assert_close(pipe(**kwargs, generator=seeded()).images, loaded(**kwargs, generator=seeded()).images,
+                               rtol=0, atol=0)
+
+
+def test_loading_refuses_pickled_weights(tmp_path):
+    tiny_pipeline().save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(Exception, match="safetensors"):
+        BinaryFlowPipeline.from_pretrained(tmp_path)
+
+
+def test_progress_bar_reports_the_steps_and_honours_its_config(capsys):
+    pipe = BinaryFlowPipeline(unet=tiny_unet(), scheduler=BinaryFlowMatchScheduler(solver="heun"))
+    pipe(num_inference_steps=3)
+    assert "5/5" in capsys.readouterr().err  # Heun: 2 model calls per step, 1 on the last
+    assert pipe.num_timesteps == 5
+    pipe.set_progress_bar_config(disable=True)
+    pipe(num_inference_steps=3)
+    assert capsys.readouterr().err == ""
+
+
+def test_callback_sees_each_step_and_can_replace_the_latents():
+    pipe = tiny_pipeline()
+    seen = []
+
+    def zero_at_last_step(pipeline, i, t, callback_kwargs):
+        seen.append((i, float(t), tuple(callback_kwargs)))
+        if i == pipeline.num_timesteps - 1:
+            return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+        return callback_kwargs
+
+    latents = pipe(num_inference_steps=4, output_type="latent", callback_on_step_end=zero_at_last_step).images
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and seen[0][1] == 1000.0 and seen[0][2] == ("latents",)
+    assert torch.count_nonzero(latents) == 0
+
+
+def test_pipeline_callback_objects_and_interrupt():
+    class StopAfterFirstStep(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            pipeline._interrupt = True
+            self.steps = getattr(self, "steps", 0) + 1
+            return callback_kwargs
+
+    pipe = tiny_pipeline(final_step="none")
+    callback = StopAfterFirstStep()
+    latents = pipe(num_inference_steps=4, output_type="latent", callback_on_step_end=callback,
+                   generator=seeded()).images
+    assert callback.steps == 1
+    assert not set(latents.unique().tolist()) <= {-1.0, 1.0}  # stopped before the final step
+
+
+# ---------------------------------------------------------------------------- guidance and classes
+
+
+def test_x_space_guidance_combines_the_class_and_null_predictions():
+    for prediction_type in ("sample", "logits", "velocity"):
+        pipe = conditional_pipeline(prediction_type=prediction_type)
+        latents = torch.randn(2, 1, 8, 8, generator=seeded())
+        t, labels = torch.tensor(600.0), torch.tensor([0, 1])
+        x_class = pipe_x0(pipe, pipe.predict(latents, t, labels, 1.0), latents, t)
+        x_null = pipe_x0(pipe, pipe._denoise(latents, t, torch.full_like(labels, 3)), latents, t)
+        for scale in (0.0, 2.5):
+            guided = pipe_x0(pipe, pipe.predict(latents, t, labels, scale), latents, t)
+            expected = x_null + scale * (x_class - x_null)
+            if prediction_type == "logits":  # an x beyond +-1 has no logit: compare where it is representable
+                inside = expected.abs() < 0.999
+                torch.testing.assert_close(guided[inside], expected[inside], rtol=1e-4, atol=1e-4)
+            else:
+                torch.testing.assert_close(guided, expected, rtol=1e-4, atol=1e-5)
+
+
+def pipe_x0(pipe, model_output, latents, t):
+    return predict_x0(model_output, latents, t / 1000, pipe.prediction_type, pipe.bit_scale)
+
+
+def test_class_labels_change_the_samples_and_broadcast():
+    pipe = conditional_pipeline()
+    a = pipe(batch_size=2, class_labels=0, num_inference_steps=3, generator=seeded(), output_type="probs").images
+    b = pipe(batch_size=2, class_labels=[0, 0], num_inference_steps=3, generator=seeded(), output_type="probs").images
+    c = pipe(batch_size=2, class_labels=[1, 1], num_inference_steps=3, generator=seeded(), output_type="probs").images
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_dit_transformer_denoiser_works_class_conditionally(tmp_path):
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=1,
+                                num_layers=1, norm_num_groups=1, sample_size=8, patch_size=2, num_embeds_ada_norm=4)
+    pipe = BinaryFlowPipeline(unet=dit, scheduler=BinaryFlowMatchScheduler(), null_class_label=4)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, class_labels=[1, 3], guidance_scale=1.5, num_inference_steps=3, output_type="np",
+                  generator=seeded()).images
+    assert images.shape == (2, 8, 8, 1) and set(np.unique(images)) <= {0.0, 1.0}
+    pipe.save_pretrained(tmp_path)
+    loaded = BinaryFlowPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    again = loaded(batch_size=2, class_labels=[1, 3], guidance_scale=1.5, num_inference_steps=3, output_type="np",
+                   generator=seeded()).images
+    np.testing.assert_array_equal(images, again)
+
+
+# ------------------------------------------------------------------------------ scheduler swaps
+
+
+def test_flow_match_euler_gives_the_same_bits_for_a_velocity_model():
+    sigmas = [1.0, 0.7, 0.4, 0.1]
+    ours = tiny_pipeline(prediction_type="velocity")
+    theirs = BinaryFlowPipeline(unet=ours.unet, scheduler=FlowMatchEulerDiscreteScheduler())
+    theirs.set_progress_bar_config(disable=True)
+    assert theirs.prediction_type == "velocity"
+    a = ours(batch_size=2, sigmas=sigmas, generator=seeded(), output_type="pt").images
+    b = theirs(batch_size=2, sigmas=sigmas, generator=seeded(), output_type="pt").images
+    assert torch.equal(a, b)
+
+
+def test_flow_match_euler_swapped_in_by_from_config_converts_an_x_prediction():
+    sigmas = [1.0, 0.7, 0.4, 0.1]
+    ours = tiny_pipeline(prediction_type="logits")
+    swapped = BinaryFlowPipeline(unet=ours.unet,
+                                 scheduler=FlowMatchEulerDiscreteScheduler.from_config(ours.scheduler.config))
+    swapped.set_progress_bar_config(disable=True)
+    assert swapped.prediction_type == "logits"
+    a = ours(batch_size=2, sigmas=sigmas, generator=seeded(), output_type="probs").images
+    b = swapped(batch_size=2, sigmas=sigmas, generator=seeded(), output_type="probs").images
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_non_flow_scheduler_is_refused_with_the_reason():
+    pipe = BinaryFlowPipeline(unet=tiny_unet(), scheduler=DDPMScheduler())
+    with pytest.raises(ValueError, match="not a flow-matching scheduler"):
+        pipe(num_inference_steps=2)
+
+
+# ----------------------------------------------------------------------------------- completion
+
+
+def test_completion_keeps_known_bits_exactly_for_every_output_and_format():
+    pipe = tiny_pipeline(final_step="bernoulli")
+    image = (torch.rand(2, 1, 8, 8, generator=seeded(9)) < 0.5).float()
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    out = pipe(batch_size=2, image=image, mask_image=mask, num_inference_steps=3, generator=seeded(),
+               output_type="pt").images
+    keep = mask.expand(2, -1, -1, -1) == 0
+    assert torch.equal(out[keep], image[keep])
+    assert not torch.equal(out, image)  # the masked square was generated
+    probs = pipe(batch_size=2, image=image, mask_image=mask, num_inference_steps=3, generator=seeded(),
+                 output_type="probs").images
+    assert torch.equal(probs[keep], image[keep])
+    pil_image = [PIL.Image.fromarray((i[0].numpy() * 255).astype(np.uint8)) for i in image]
+    pil_mask = PIL.Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8))
+    from_pil = pipe(batch_size=2, image=pil_image, mask_image=pil_mask, num_inference_steps=3, generator=seeded(),
+                    output_type="pt").images
+    assert torch.equal(from_pil, out)
+
+
+def test_completion_with_the_exact_posterior_recovers_the_prototype_of_the_known_half():
+    prototypes = (torch.rand(4, 64, generator=seeded(3)) < 0.5).float()
+    pipe = BinaryFlowPipeline(unet=OracleDenoiser(prototypes, sample_size=8),
+                              scheduler=BinaryFlowMatchScheduler(stochastic_sampling=True))
+    pipe.set_progress_bar_config(disable=True)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1  # generate the bottom half
+    for k in range(4):
+        target = prototypes[k].view(1, 1, 8, 8)
+        out = pipe(batch_size=100, image=target, mask_image=mask, num_inference_steps=32, generator=seeded(k),
+                   output_type="pt").images
+        recovered = (out == target).flatten(1).all(1).float().mean().item()
+        assert recovered >= 0.95, (k, recovered)
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_inference_steps": 0}, "positive integer"),
+        ({"output_type": "jpeg"}, "output_type"),
+        ({"class_labels": [1]}, "unconditional"),
+        ({"guidance_scale": 3.0}, "guidance"),
+        ({"batch_size": 2, "generator": [torch.Generator()]}, "generators"),
+        ({"image": torch.zeros(1, 1, 8, 8)}, "both `image` and `mask_image`"),
+        ({"image": torch.zeros(1, 1, 4, 4), "mask_image": torch.zeros(1, 1, 4, 4)}, r"\(C, H, W\)"),
+        ({"image": torch.full((1, 1, 8, 8), 0.5), "mask_image": torch.zeros(1, 1, 8, 8)}, "`image` must hold only"),
+        ({"image": torch.zeros(1, 1, 8, 8), "mask_image": torch.full((1, 1, 8, 8), 2.0)}, "`mask_image` must hold"),
+        ({"batch_size": 2, "image": torch.zeros(3, 1, 8, 8), "mask_image": torch.zeros(1, 1, 8, 8)}, "3 images"),
+        ({"image": "digits.png", "mask_image": torch.zeros(1, 1, 8, 8)}, "PIL image"),
+        ({"latents": torch.zeros(1, 1, 4, 4)}, "`latents` must have shape"),
+        ({"callback_on_step_end": lambda *a: {}, "callback_on_step_end_tensor_inputs": ["noise"]}, "noise"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_error(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        tiny_pipeline()(**kwargs)
+
+
+@pytest.mark.parametrize("labels, message", [([3], "null label"), ([7], r"\[0, 4\)"), ([-1], "class ids"),
+                                             ([0, 1, 2], "3 class labels")])
+def test_bad_class_labels_are_refused(labels, message):
+    with pytest.raises(ValueError, match=message):
+        conditional_pipeline()(batch_size=2, class_labels=labels)
