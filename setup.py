@@ -12,7 +12,10 @@ setup(
     # The top-level pipelines/ folder (Hub-side code uploaded with pushed pipelines) ships as diffusers_binflow.hub_code.
     packages=find_packages(include=["diffusers_binflow", "diffusers_binflow.*"]) + ["diffusers_binflow.hub_code"],
     package_dir={"diffusers_binflow.hub_code": "pipelines"},
-    package_data={"diffusers_binflow.hub_code": ["*.py", "*.md", "components/*.py"]},
+    package_data={
+        "diffusers_binflow.hub_code": ["*.py", "*.md", "components/*.py"],
+        "diffusers_binflow.data": ["*.npz", "*.md"],
+    },
     # Floors: diffusers 0.42 is the first release that accepts huggingface_hub 2.x (and needs Python 3.11);
     # transformers 5 is the line that works with hub >= 1.31. Tested together by `make test`.
     install_requires=[

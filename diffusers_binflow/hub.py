@@ -26,7 +26,7 @@ OUR_LIBRARY_PREFIX = "diffusers_binflow."
 # What from_pretrained never downloads: code, pickled weights, training leftovers.
 DOWNLOAD_IGNORE_PATTERNS = ["*.py", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "checkpoint-*", "logs/*"]
 # What a push never uploads from the saved folder.
-UPLOAD_IGNORE_PATTERNS = [".git/*", ".cache/*", "checkpoint-*", "logs/*", "*.pkl"]
+UPLOAD_IGNORE_PATTERNS = [".git/*", ".cache/*", "checkpoint-*", "logs/*", "samples/*", "*.pkl"]
 
 
 def hub_code_dir() -> Path:
@@ -107,3 +107,27 @@ def _code_free_view(snapshot: Path) -> str:
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(path.resolve())
     return str(view)
+
+
+def main(argv=None):
+    """`python -m diffusers_binflow.hub push FOLDER REPO_ID`: (re)try publishing a saved BinaryFlowPipeline."""
+    import argparse
+
+    from huggingface_hub import create_repo
+
+    from .pipelines import BinaryFlowPipeline
+
+    parser = argparse.ArgumentParser(prog="python -m diffusers_binflow.hub", description=main.__doc__)
+    parser.add_argument("command", choices=["push"])
+    parser.add_argument("folder")
+    parser.add_argument("repo_id")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--token", default=None, help="Default: your saved login.")
+    args = parser.parse_args(argv)
+    repo_id = create_repo(args.repo_id, private=args.private, token=args.token, exist_ok=True).repo_id
+    commit = upload_pipeline_folder(args.folder, repo_id, BinaryFlowPipeline, token=args.token)
+    print(f"Pushed {args.folder} to {commit.commit_url}")
+
+
+if __name__ == "__main__":
+    main()

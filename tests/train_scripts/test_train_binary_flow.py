@@ -1,0 +1,267 @@
+"""The training script end to end, as users run it: in subprocesses, on the bundled digits or small folders.
+
+Runs use a very small UNet and a few steps; they check behaviour (outputs, exact resumption, data parallelism,
+fine-tuning, publishing, refusals), not quality. The Hub is tests/hub_server.py (see conftest.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.hub_client import run_client
+
+SCRIPT = Path(__file__).resolve().parents[2] / "train_scripts" / "train_binary_flow.py"
+TINY_UNET = {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+             "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("configs") / "tiny_unet.json"
+    path.write_text(json.dumps(TINY_UNET))
+    return str(path)
+
+
+def command(output_dir, tiny_config, *extra, launcher=(sys.executable,)):
+    return [*launcher, str(SCRIPT), "--output_dir", str(output_dir), "--model_config", tiny_config,
+            "--train_batch_size", "8", "--max_train_steps", "4", "--num_inference_steps", "2",
+            "--validation_steps", "2", "--logging_steps", "2", "--checkpointing_steps", "2", *extra]
+
+
+def train(output_dir, tiny_config, *extra, expect_failure=False, launcher=(sys.executable,)):
+    proc = subprocess.run(command(output_dir, tiny_config, *extra, launcher=launcher), capture_output=True,
+                          text=True, timeout=600)
+    if expect_failure:
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def card_metadata(readme: Path) -> dict:
+    return yaml.safe_load(readme.read_text().split("---")[1])
+
+
+def unet_weights(folder: Path) -> dict:
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_config):
+    """A class-conditional run on the bundled digits (4 steps, checkpoints at 2 and 4)."""
+    output_dir = tmp_path_factory.mktemp("runs") / "digits"
+    proc = train(output_dir, tiny_config, "--class_conditional")
+    return output_dir, proc
+
+
+def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
+    output_dir, proc = trained
+    from diffusers_binflow import BinaryFlowPipeline
+
+    pipe = BinaryFlowPipeline.from_pretrained(output_dir)
+    images = pipe(batch_size=2, class_labels=[3, 7], guidance_scale=2.0, num_inference_steps=2,
+                  output_type="np").images
+    assert images.shape == (2, 28, 28, 1) and set(np.unique(images)) <= {0.0, 1.0}
+    assert pipe.config.null_class_label == 10 and pipe.unet.config.num_class_embeds == 11
+    assert {p.name for p in (output_dir / "samples").iterdir()} == {"step_000002.png", "step_000004.png"}
+    assert (output_dir / "sample_grid.png").is_file()
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    records = [json.loads(line) for line in (output_dir / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    bins = records[0]["output_grad_norm_per_sigma_bin"]
+    assert len(bins) == 10 and sum(b["count"] for b in bins) == 16  # 2 steps x 8 images, binned by sigma
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
+    assert "Steps" in proc.stderr  # the progress bar
+
+    metadata = card_metadata(output_dir / "README.md")
+    assert metadata["library_name"] == "diffusers" and metadata["license"] == "apache-2.0"
+    assert metadata["pipeline_tag"] == "unconditional-image-generation" and metadata["datasets"] == ["mnist"]
+    assert {"diffusers_binflow", "binary-flow-matching", "class-conditional"} <= set(metadata["tags"])
+    body = (output_dir / "README.md").read_text()
+    assert "trust_remote_code=True" in body and "BinaryFlowPipeline.from_pretrained" in body
+    assert "| prediction_type | sample |" in body and "final_training_loss" in body and "sample_grid.png" in body
+
+
+def test_resuming_a_killed_run_gives_the_weights_of_an_uninterrupted_one(trained, tmp_path, tiny_config):
+    uninterrupted, _ = trained
+    output_dir = tmp_path / "killed"
+    proc = subprocess.Popen(command(output_dir, tiny_config, "--class_conditional"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (output_dir / "checkpoint-2" / "random_states_0.pkl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (output_dir / "model_index.json").exists(), "the run was killed before it finished"
+
+    train(output_dir, tiny_config, "--class_conditional", "--resume_from_checkpoint", "latest")
+    resumed, reference = unet_weights(output_dir), unet_weights(uninterrupted)
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    for step in (2, 4):
+        a = unet_weights(output_dir / f"checkpoint-{step}")
+        b = unet_weights(uninterrupted / f"checkpoint-{step}")
+        assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_a_resumed_run_must_keep_the_recipe(trained, tmp_path, tiny_config):
+    source, _ = trained
+    output_dir = tmp_path / "copy"
+    output_dir.mkdir()
+    (output_dir / "training_config.json").write_text((source / "training_config.json").read_text())
+    (output_dir / "checkpoint-2").symlink_to(source / "checkpoint-2")
+    before = sorted(p.name for p in output_dir.iterdir())
+    proc = train(output_dir, tiny_config, "--class_conditional", "--resume_from_checkpoint", "latest",
+                 "--loss_space", "v", expect_failure=True)
+    assert "--loss_space 'x' vs 'v'" in proc.stderr
+    assert sorted(p.name for p in output_dir.iterdir()) == before
+
+
+def test_two_processes_train_data_parallel_and_one_writes(tmp_path, tiny_config):
+    output_dir = tmp_path / "ddp"
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    proc = train(output_dir, tiny_config, launcher=launcher)
+    assert "4 optimiser steps of 16 images" in proc.stderr  # effective batch: 2 processes x 8
+    assert json.loads((output_dir / "training_summary.json").read_text())["optimizer_steps"] == 4
+    assert len((output_dir / "logs" / "train_log.jsonl").read_text().splitlines()) == 2  # written once
+    bins = json.loads((output_dir / "logs" / "train_log.jsonl").read_text().splitlines()[0])["loss_per_sigma_bin"]
+    assert sum(b["count"] for b in bins) == 32  # gathered from both processes
+    assert {p.name for p in (output_dir / "checkpoint-4").iterdir()} >= {"unet", "unet_ema", "optimizer.bin"}
+
+
+def binary_shapes_folder(root: Path, size=28, count=12) -> Path:
+    """A small image folder of binary squares and crosses (two classes), as PNGs."""
+    rng = np.random.default_rng(0)
+    for label in ("squares", "crosses"):
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            image = np.zeros((size, size), dtype=np.uint8)
+            a, b = sorted(rng.integers(4, size - 4, 2))
+            if label == "squares":
+                image[a:b + 3, a:b + 3] = 255
+            else:
+                image[size // 2 - 1:size // 2 + 1, :] = image[:, size // 2 - 1:size // 2 + 1] = 255
+            PIL.Image.fromarray(image).save(root / label / f"{i}.png")
+    return root
+
+
+def test_fine_tuning_a_saved_pipeline_on_a_new_image_folder(trained, tmp_path, tiny_config):
+    base, _ = trained
+    data = binary_shapes_folder(tmp_path / "shapes")
+    output_dir = tmp_path / "fine-tuned"
+    train(output_dir, tiny_config, "--pretrained_model_name_or_path", str(base), "--train_data_dir", str(data),
+          "--class_conditional")
+    from diffusers_binflow import BinaryFlowPipeline
+
+    assert BinaryFlowPipeline.from_pretrained(output_dir).config.null_class_label == 10  # the base model's
+    before, after = unet_weights(base), unet_weights(output_dir)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert card_metadata(output_dir / "README.md")["base_model"] == str(base)
+
+
+def test_push_to_hub_publishes_the_pipeline_and_card_but_no_checkpoints(session_hub, trained, tmp_path,
+                                                                          tiny_config):
+    output_dir = tmp_path / "published"
+    token = "hf_publish_token_not_in_files"
+    train(output_dir, tiny_config, "--push_to_hub", "--hub_model_id", "tester/digits-tiny", "--hub_token", token)
+    files = session_hub.files("tester/digits-tiny")
+    assert {"model_index.json", "README.md", "sample_grid.png", "pipeline_binary_flow.py",
+            "unet/diffusion_pytorch_model.safetensors", "training_summary.json"} <= set(files)
+    assert not [p for p in files if p.startswith(("checkpoint-", "logs/", "samples/"))]
+    assert all(token.encode() not in content for content in files.values())
+    assert all(token.encode() not in p.read_bytes() for p in output_dir.rglob("*") if p.is_file())
+
+    out = run_client(session_hub, tmp_path, """
+        import torch, diffusers_binflow
+        from diffusers_binflow import BinaryFlowPipeline
+        pipe = BinaryFlowPipeline.from_pretrained("tester/digits-tiny")
+        images = pipe(batch_size=2, num_inference_steps=2, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+        emit({"shape": list(images.shape)})
+    """)
+    assert out["shape"] == [2, 28, 28, 1]
+
+
+def test_a_failed_upload_keeps_the_output_and_says_how_to_retry(session_hub, tmp_path, tiny_config):
+    output_dir = tmp_path / "upload-fails"
+    session_hub.fail_next_commits = 1
+    try:
+        proc = train(output_dir, tiny_config, "--push_to_hub", "--hub_model_id", "tester/fails",
+                     expect_failure=True)
+    finally:
+        session_hub.fail_next_commits = 0
+    assert f"retry with: python -m diffusers_binflow.hub push {output_dir} tester/fails" in proc.stderr
+    assert (output_dir / "model_index.json").is_file() and (output_dir / "README.md").is_file()
+    retry = subprocess.run([sys.executable, "-m", "diffusers_binflow.hub", "push", str(output_dir), "tester/fails"],
+                           capture_output=True, text=True, timeout=300)
+    assert retry.returncode == 0, retry.stderr
+    assert "model_index.json" in session_hub.files("tester/fails")
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def refused(tmp_path, tiny_config, *extra):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir(exist_ok=True)
+    (output_dir / "keep.txt").write_text("earlier work")
+    proc = train(output_dir, tiny_config, *extra, expect_failure=True)
+    assert sorted(p.name for p in output_dir.iterdir()) == ["keep.txt"], "nothing is written before the error"
+    assert (output_dir / "keep.txt").read_text() == "earlier work"
+    return proc.stderr
+
+
+def test_an_empty_data_folder_is_refused(tmp_path, tiny_config):
+    (tmp_path / "empty").mkdir()
+    assert "holds no image files" in refused(tmp_path, tiny_config, "--train_data_dir", str(tmp_path / "empty"))
+
+
+def test_mixed_image_sizes_need_a_resolution(tmp_path, tiny_config):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    PIL.Image.new("L", (28, 28)).save(folder / "a.png")
+    PIL.Image.new("L", (32, 32)).save(folder / "b.png")
+    assert "resolution" in refused(tmp_path, tiny_config, "--train_data_dir", str(folder))
+
+
+def test_a_missing_column_and_an_unsuitable_resolution_are_refused(tmp_path, tiny_config):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"img": [PIL.Image.new("L", (28, 28))] * 2},
+                                    features=datasets.Features({"img": datasets.Image()}))
+    ds.save_to_disk(str(tmp_path / "ds"))
+    assert "img" in refused(tmp_path, tiny_config, "--dataset_name", str(tmp_path / "ds"))
+    assert "multiple of 2" in refused(tmp_path, tiny_config, "--resolution", "27")
+
+
+def test_unknown_option_values_are_refused(tmp_path, tiny_config):
+    assert "invalid choice" in refused(tmp_path, tiny_config, "--loss_space", "eps")
+    assert "needs --prediction_type logits" in refused(tmp_path, tiny_config, "--loss_type", "bce")
+
+
+def test_a_pretrained_model_of_another_size_is_refused(trained, tmp_path, tiny_config):
+    base, _ = trained
+    message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(base), "--resolution", "32")
+    assert "works on 1 channel(s) at 28px" in message
+
+
+def test_a_fresh_run_never_overwrites_checkpoints(trained, tmp_path, tiny_config):
+    source, _ = trained
+    output_dir = tmp_path / "busy"
+    output_dir.mkdir()
+    (output_dir / "checkpoint-2").symlink_to(source / "checkpoint-2")
+    proc = train(output_dir, tiny_config, expect_failure=True)
+    assert "--resume_from_checkpoint latest" in proc.stderr
+    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-2"]

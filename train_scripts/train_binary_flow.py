@@ -1,0 +1,427 @@
+"""Train a binary flow-matching model (arXiv 2602.10420) on binary images with Accelerate.
+
+    python train_scripts/train_binary_flow.py --output_dir digits-model                      # bundled digits
+    accelerate launch --multi_gpu --num_processes 2 train_scripts/train_binary_flow.py --output_dir out  # 2 processes
+
+The defaults are the paper's aligned recipe: x-prediction, x-space MSE, sigma uniform in (0, 1] (sigma = 1 is
+noise; the paper's t = 1 - sigma). The result is a `BinaryFlowPipeline` saved in --output_dir.
+"""
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from huggingface_hub import create_repo
+from tqdm.auto import tqdm
+
+from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
+from diffusers_binflow.data import BinaryImageDataset, Binarizer, from_bundled_digits, from_hf_dataset, from_image_folder
+from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
+from diffusers_binflow.flow import PREDICTION_TYPES
+from diffusers_binflow.hub import upload_pipeline_folder
+from diffusers_binflow.losses import LOSS_SPACES, LOSS_TYPES, inverse_square_weight
+from diffusers_binflow.model_card import render_model_card
+from diffusers_binflow.models import build_unet
+from diffusers_binflow.timestep_sampling import SIGMA_SAMPLERS
+from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+
+
+logger = logging.getLogger(__name__)
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template.md"
+# Options a resumed run must share with the run that wrote the checkpoint.
+RECIPE_OPTIONS = ("model_config", "resolution", "prediction_type", "loss_space", "loss_type", "timestep_sampling",
+                  "logit_mean", "logit_std", "v_clamp", "weighting_max", "bit_scale", "class_conditional", "seed",
+                  "train_batch_size", "gradient_accumulation_steps", "learning_rate", "dataset_name",
+                  "train_data_dir", "binarize_threshold", "stochastic_binarization")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data = parser.add_argument_group("data (default: the bundled MNIST digits)")
+    data.add_argument("--train_data_dir", help="A folder of images (class subfolders give labels).")
+    data.add_argument("--dataset_name", help="A `datasets` dataset: Hub id or local path.")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--label_column", default=None)
+    data.add_argument("--resolution", type=int, default=None, help="Resize images to this square size.")
+    data.add_argument("--binarize_threshold", type=int, default=128, help="Grey level (1-255) from which a pixel is 1.")
+    data.add_argument("--stochastic_binarization", action="store_true", help="Draw each bit with P = grey / 255.")
+    data.add_argument("--class_conditional", action="store_true", help="Condition on labels (with label dropout).")
+    data.add_argument("--label_dropout", type=float, default=0.1, help="Share of labels replaced by the null class.")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model and recipe")
+    model.add_argument("--model_config", default="tiny", help="tiny | small | base | path to a UNet2DModel JSON.")
+    model.add_argument("--pretrained_model_name_or_path", help="Fine-tune a saved BinaryFlowPipeline (folder or Hub id).")
+    model.add_argument("--prediction_type", default="sample", choices=[p for p in PREDICTION_TYPES if p != "epsilon"])
+    model.add_argument("--loss_space", default="x", choices=LOSS_SPACES)
+    model.add_argument("--loss_type", default="mse", choices=LOSS_TYPES)
+    model.add_argument("--timestep_sampling", default="uniform", choices=SIGMA_SAMPLERS)
+    model.add_argument("--logit_mean", type=float, default=0.0, help="Mean of logit(sigma) for logit_normal.")
+    model.add_argument("--logit_std", type=float, default=1.0)
+    model.add_argument("--v_clamp", type=float, default=None, help="Floor of sigma in the v-loss (JiT: 0.05).")
+    model.add_argument("--weighting_max", type=float, default=None,
+                       help="Weight the loss by min(sigma^-2, this) (a bounded, aligned v-loss heuristic).")
+    model.add_argument("--bit_scale", type=float, default=1.0)
+
+    train = parser.add_argument_group("optimisation")
+    train.add_argument("--train_batch_size", type=int, default=64, help="Per process.")
+    train.add_argument("--num_epochs", type=int, default=10)
+    train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=2e-3)
+    train.add_argument("--lr_scheduler", default="cosine",
+                       choices=["linear", "cosine", "constant", "constant_with_warmup"])
+    train.add_argument("--lr_warmup_steps", type=int, default=100)
+    train.add_argument("--adam_beta1", type=float, default=0.9)
+    train.add_argument("--adam_beta2", type=float, default=0.99)
+    train.add_argument("--adam_weight_decay", type=float, default=0.0)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    train.add_argument("--ema_max_decay", type=float, default=0.999)
+    train.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    train.add_argument("--ema_power", type=float, default=0.75)
+    train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    train.add_argument("--seed", type=int, default=0)
+
+    evaluate = parser.add_argument_group("validation, logging, checkpoints")
+    evaluate.add_argument("--output_dir", required=True)
+    evaluate.add_argument("--validation_steps", type=int, default=250)
+    evaluate.add_argument("--num_inference_steps", type=int, default=16)
+    evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
+    evaluate.add_argument("--guidance_scale", type=float, default=2.0, help="For class-conditional validation.")
+    evaluate.add_argument("--logging_steps", type=int, default=20)
+    evaluate.add_argument("--checkpointing_steps", type=int, default=500)
+    evaluate.add_argument("--checkpoints_total_limit", type=int, default=None)
+    evaluate.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    evaluate.add_argument("--report_to", default="jsonl", choices=["jsonl", "tensorboard"])
+
+    hub = parser.add_argument_group("publishing")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id", default=None, help="Defaults to the output folder's name.")
+    hub.add_argument("--hub_token", default=None, help="Never written anywhere; default: your saved login.")
+    hub.add_argument("--hub_private_repo", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.train_data_dir and args.dataset_name:
+        parser.error("Give either --train_data_dir or --dataset_name, not both.")
+    if args.loss_type == "bce" and args.prediction_type != "logits":
+        parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "validation_steps",
+                 "checkpointing_steps", "logging_steps", "num_inference_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1.")
+    return args
+
+
+def load_training_data(args) -> BinaryImageDataset:
+    """The dataset named by the options; all of its errors come before anything is written."""
+    binarize = Binarizer("stochastic" if args.stochastic_binarization else "threshold", args.binarize_threshold)
+    options = dict(resolution=args.resolution, binarize=binarize, seed=args.seed)
+    if args.train_data_dir:
+        return from_image_folder(args.train_data_dir, **options)
+    if args.dataset_name:
+        return from_hf_dataset(args.dataset_name, image_column=args.image_column, label_column=args.label_column,
+                               **options)
+    return from_bundled_digits("train", **options)
+
+
+def check_resume_options(args, output_dir: Path):
+    """A resumed run must use the recipe its checkpoint was trained with."""
+    saved = json.loads((output_dir / "training_config.json").read_text())
+    differing = {k: (saved.get(k), getattr(args, k)) for k in RECIPE_OPTIONS if saved.get(k) != getattr(args, k)}
+    if differing:
+        raise ValueError("These options differ from the checkpoint's run (checkpoint, now): "
+                         + ", ".join(f"--{k} {v[0]!r} vs {v[1]!r}" for k, v in differing.items()))
+
+
+def resolve_checkpoint(args, output_dir: Path) -> Path | None:
+    if args.resume_from_checkpoint is None:
+        return None
+    if args.resume_from_checkpoint != "latest":
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_dir():
+            raise ValueError(f"--resume_from_checkpoint {path} is not a checkpoint folder.")
+        return path
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+class EpochPermutationSampler(torch.utils.data.Sampler):
+    """Shuffles with a permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, num_items: int, seed: int):
+        self.num_items, self.seed, self.epoch = num_items, seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+                    .tolist())
+
+    def __len__(self):
+        return self.num_items
+
+
+def main(args):
+    output_dir = Path(args.output_dir)
+    set_seed(args.seed)  # before the model is built: its initial weights are part of the run
+    dataset = load_training_data(args)
+    channels, height, width = dataset.image_shape
+    if height != width:
+        raise ValueError(f"Images are {height}x{width}; pass --resolution to make them square.")
+    if args.class_conditional and dataset.num_classes is None:
+        raise ValueError("--class_conditional needs labels: class subfolders, --label_column, or the bundled digits.")
+    num_classes = dataset.num_classes if args.class_conditional else None
+    null_class = num_classes  # the extra class id used for label dropout and guidance
+
+    if args.pretrained_model_name_or_path:
+        base = BinaryFlowPipeline.from_pretrained(args.pretrained_model_name_or_path)
+        unet, base_null = base.unet, base.config.null_class_label
+        if (unet.config.in_channels, unet.config.sample_size) != (channels, height):
+            raise ValueError(f"The pretrained model works on {unet.config.in_channels} channel(s) at "
+                             f"{unet.config.sample_size}px, the data is {channels} channel(s) at {height}px: "
+                             "pass a matching --resolution.")
+        if (base_null is None) != (num_classes is None):
+            raise ValueError("The pretrained model is " + ("unconditional: drop --class_conditional." if base_null
+                             is None else "class-conditional: pass --class_conditional with labelled data."))
+        if num_classes is not None and num_classes > base_null:
+            raise ValueError(f"The pretrained model knows {base_null} classes, the data has {num_classes}.")
+        null_class = base_null  # new classes reuse the first embedding slots; the null class stays
+    else:
+        unet = build_unet(args.model_config, height, channels, None if num_classes is None else num_classes + 1)
+
+    checkpoint = resolve_checkpoint(args, output_dir)
+    if checkpoint is not None:
+        check_resume_options(args, output_dir)
+    elif any(output_dir.glob("checkpoint-*")):
+        raise ValueError(f"{output_dir} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest, "
+                         "or choose another --output_dir (nothing was changed).")
+
+    accelerator = Accelerator(
+        # Without a GPU, processes started by `accelerate launch --multi_gpu` train on CPUs (gloo), one per process.
+        cpu=not torch.accelerator.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        log_with="tensorboard" if args.report_to == "tensorboard" else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    if accelerator.is_main_process:
+        (output_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if checkpoint is None:
+            config = {k: v for k, v in vars(args).items() if k != "hub_token"}
+            (output_dir / "training_config.json").write_text(json.dumps(config, indent=2))
+        repo_id = None
+        if args.push_to_hub:
+            repo_id = create_repo(args.hub_model_id or output_dir.name, private=args.hub_private_repo,
+                                  token=args.hub_token, exist_ok=True).repo_id
+
+    ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
+                   power=args.ema_power, model_cls=UNet2DModel, model_config=unet.config) if args.use_ema else None
+
+    def save_model_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            if ema is not None:
+                ema.save_pretrained(str(Path(folder) / "unet_ema"))
+            for model in models:
+                model.save_pretrained(str(Path(folder) / "unet"))
+                weights.pop()
+
+    def load_model_hook(models, folder):
+        if ema is not None:
+            ema.load_state_dict(EMAModel.from_pretrained(str(Path(folder) / "unet_ema"), UNet2DModel).state_dict())
+        for _ in range(len(models)):
+            model = models.pop()
+            model.load_state_dict(UNet2DModel.from_pretrained(str(Path(folder)), subfolder="unet").state_dict())
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    sampler = EpochPermutationSampler(len(dataset), args.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler,
+                                         num_workers=args.dataloader_num_workers, drop_last=True)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay)
+    updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=max_train_steps)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to == "tensorboard":
+        accelerator.init_trackers("binary_flow")
+
+    loss_config = FlowLossConfig(
+        prediction_type=args.prediction_type, loss_space=args.loss_space, loss_type=args.loss_type,
+        timestep_sampling=args.timestep_sampling, logit_mean=args.logit_mean, logit_std=args.logit_std,
+        v_clamp=args.v_clamp, bit_scale=args.bit_scale,
+        weighting=None if args.weighting_max is None else inverse_square_weight(args.weighting_max))
+    noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
+                                               solver=args.solver)
+
+    global_step, first_epoch, skip_batches, last_loss = 0, 0, 0, None
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = int(checkpoint.name.split("-")[1])
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+
+    logger.info(f"{len(dataset)} images of {channels}x{height}x{width}, {num_classes or 'no'} classes; "
+                f"{sum(p.numel() for p in unet.parameters()):,} parameters; {max_train_steps} optimiser steps of "
+                f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} images")
+    log_path = output_dir / "logs" / "train_log.jsonl"
+    diagnostics = {"sigmas": [], "loss": [], "grad": []}
+    progress = tqdm(range(max_train_steps), initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    start = time.perf_counter()
+
+    for epoch in range(first_epoch, num_epochs):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        unet.train()
+        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
+        for batch_index, batch in enumerate(epoch_loader, start=skip_batches if epoch == first_epoch else 0):
+            # Every micro-batch draws its sigmas, noise and label dropout from its own seed: resumption is exact.
+            micro_step = epoch * len(loader) + batch_index
+            generator = torch.Generator(accelerator.device).manual_seed(
+                args.seed * 1_000_003 + micro_step * accelerator.num_processes + accelerator.process_index)
+            labels = None
+            if num_classes is not None:
+                labels = batch["label"].to(accelerator.device)
+                drop = torch.rand(labels.shape, generator=generator, device=labels.device) < args.label_dropout
+                labels = torch.where(drop, torch.full_like(labels, null_class), labels)
+            with accelerator.accumulate(unet):
+                out = flow_matching_loss(unet, batch["bits"], loss_config, labels, generator=generator)
+                diagnostics["grad"].append(output_gradient_norms(out.loss, out.model_output).detach())
+                accelerator.backward(out.loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            diagnostics["sigmas"].append(out.sigmas.detach())
+            diagnostics["loss"].append(out.per_sample_loss)
+            if not accelerator.sync_gradients:
+                continue
+            last_loss = out.loss.item()
+
+            if ema is not None:
+                ema.step(unet.parameters())
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.1e}")
+
+            if global_step % args.logging_steps == 0:
+                record = log_step(accelerator, diagnostics, global_step, epoch, grad_norm, lr_scheduler, start)
+                if accelerator.is_main_process:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    accelerator.log({"loss": record["loss"], "grad_norm": record["grad_norm"]}, step=global_step)
+                diagnostics = {"sigmas": [], "loss": [], "grad": []}
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args, output_dir, global_step)
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                save_sample_grid(accelerator, unet, ema, noise_scheduler, args, num_classes, null_class,
+                                 output_dir / "samples" / f"step_{global_step:06d}.png")
+            if global_step >= max_train_steps:
+                break
+        skip_batches = 0
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = build_pipeline(accelerator, unet, ema, noise_scheduler, null_class)
+        pipeline.save_pretrained(str(output_dir))
+        grid_path = output_dir / "sample_grid.png"
+        save_sample_grid(accelerator, unet, ema, noise_scheduler, args, num_classes, null_class, grid_path)
+        summary = {"optimizer_steps": global_step, "train_seconds": round(time.perf_counter() - start, 1),
+                   "num_parameters": sum(p.numel() for p in pipeline.unet.parameters()),
+                   "final_training_loss": None if last_loss is None else round(last_loss, 5)}
+        (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        (output_dir / "README.md").write_text(render_model_card(
+            MODEL_CARD_TEMPLATE.read_text(), args=args, repo_id=repo_id or output_dir.name, metrics=summary,
+            num_classes=num_classes, null_class_label=null_class, image_shape=dataset.image_shape,
+            grid_file=grid_path.name))
+        accelerator.print(f"Saved the pipeline and {grid_path} in {output_dir}")
+        if args.push_to_hub:
+            push(output_dir, repo_id, args.hub_token)
+    accelerator.end_training()
+
+
+def log_step(accelerator, diagnostics, global_step, epoch, grad_norm, lr_scheduler, start) -> dict:
+    """Loss, parameter-gradient norm and the per-sigma-bin loss and output-gradient norm since the last log."""
+    sigmas, losses, grads = (accelerator.gather(torch.cat(diagnostics[k])).cpu() for k in ("sigmas", "loss", "grad"))
+    return {
+        "step": global_step, "epoch": epoch, "loss": losses.mean().item(),
+        "grad_norm": None if grad_norm is None else float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
+        "seconds": round(time.perf_counter() - start, 1),
+        "loss_per_sigma_bin": per_sigma_bin_stats(sigmas, losses, num_bins=10, percentiles=(50,)),
+        "output_grad_norm_per_sigma_bin": per_sigma_bin_stats(sigmas, grads, num_bins=10, percentiles=(50, 99)),
+    }
+
+
+def save_checkpoint(accelerator, args, output_dir: Path, global_step: int):
+    """Accelerate state (model, EMA, optimiser, LR schedule, RNG) in checkpoint-<step>, oldest pruned first."""
+    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+        checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in checkpoints[: max(0, len(checkpoints) - args.checkpoints_total_limit + 1)]:
+            shutil.rmtree(old)
+    accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+
+
+def build_pipeline(accelerator, unet, ema, noise_scheduler, null_class) -> BinaryFlowPipeline:
+    """A pipeline holding a copy of the (EMA) weights."""
+    model = accelerator.unwrap_model(unet)
+    weights = UNet2DModel.from_config(model.config).to(accelerator.device)
+    weights.load_state_dict(model.state_dict())
+    if ema is not None:
+        ema.copy_to(weights.parameters())
+    pipeline = BinaryFlowPipeline(unet=weights.eval(), scheduler=noise_scheduler, null_class_label=null_class)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def save_sample_grid(accelerator, unet, ema, noise_scheduler, args, num_classes, null_class, path: Path):
+    """A grid of samples from the EMA weights: one row per class (8 per row), or 8x8 unconditional samples."""
+    pipeline = build_pipeline(accelerator, unet, ema, noise_scheduler, null_class)
+    rows = min(num_classes, 10) if num_classes else 8
+    labels = None if num_classes is None else torch.arange(rows).repeat_interleave(8).tolist()
+    images = pipeline(batch_size=rows * 8, class_labels=labels, guidance_scale=args.guidance_scale if labels else 1.0,
+                      num_inference_steps=args.num_inference_steps,
+                      generator=torch.Generator().manual_seed(args.seed)).images
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = make_image_grid(images, rows=rows, cols=8)
+    grid.resize((grid.width * 3, grid.height * 3), resample=0).save(path)
+
+
+def push(output_dir: Path, repo_id: str, token):
+    """Upload the pipeline, model card and grid (never checkpoints, logs or the token); keep the folder on failure."""
+    try:
+        commit = upload_pipeline_folder(output_dir, repo_id, BinaryFlowPipeline, token=token,
+                                        commit_message="Upload binary flow pipeline")
+    except Exception as error:  # the local result stays usable whatever went wrong upstream
+        logger.error(f"Upload to {repo_id} failed ({type(error).__name__}: {error}). The trained pipeline is intact "
+                     f"in {output_dir}; retry with: python -m diffusers_binflow.hub push {output_dir} {repo_id}")
+        raise SystemExit(1)
+    print(f"Pushed to {commit.commit_url}")
+
+
+if __name__ == "__main__":
+    main(parse_args())
