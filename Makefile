@@ -5,7 +5,8 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test demo
+.PHONY: install test train
+OUTPUT ?= outputs/digits
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,5 +20,9 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/python -m pytest tests
 
-demo: install
-	$(BIN)/python benchmarks/sampler_oracle.py
+# The main job: train a class-conditional model on the bundled digits (CPU, minutes), then sample from the saved
+# pipeline again. Rerunning resumes from the last checkpoint instead of starting over.
+train: install
+	$(BIN)/python train_scripts/train_binary_flow.py --output_dir $(OUTPUT) --class_conditional \
+		--max_train_steps 800 --resume_from_checkpoint latest
+	$(BIN)/python train_scripts/sample_binary_flow.py --pipeline $(OUTPUT) --output_dir $(OUTPUT)/sampled_again

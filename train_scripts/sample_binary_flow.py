@@ -4,7 +4,7 @@
 
 Writes `samples.png` (one row per class for a class-conditional model, else 8x8) and, for 28x28 single-channel
 models, `completion.png`: held-out bundled digits with their lower half erased, then completed by the model
-(rows: original, the kept part, three completions).
+(rows: original, the kept part with the erased half in grey, three completions given the digit's class).
 """
 
 import argparse
@@ -51,12 +51,15 @@ def main(args):
         return
     digits = from_bundled_digits("heldout")
     originals = torch.stack([digits[i]["bits"] for i in range(8)])
+    labels = [digits[i]["label"] for i in range(8)] if num_classes else None
     mask = torch.zeros(1, 1, 28, 28)
     mask[..., 14:, :] = 1  # regenerate the lower half
     # Completion mixes best with stochastic steps (see BinaryFlowPipeline's docstring).
     pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, solver="euler",
                                                           stochastic_sampling=True)
-    completions = [pipe(batch_size=8, image=originals, mask_image=mask, num_inference_steps=args.num_inference_steps,
+    completions = [pipe(batch_size=8, image=originals, mask_image=mask, class_labels=labels,
+                        guidance_scale=args.guidance_scale if labels else 1.0,
+                        num_inference_steps=args.num_inference_steps,
                         generator=torch.Generator().manual_seed(args.seed + k)).images for k in range(3)]
     shown = pipe.numpy_to_pil(torch.where(mask.bool(), 0.5, originals).permute(0, 2, 3, 1).numpy())
     originals = pipe.numpy_to_pil(originals.permute(0, 2, 3, 1).numpy())

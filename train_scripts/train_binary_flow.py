@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set_seed
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -79,7 +79,7 @@ def parse_args(argv=None):
     train.add_argument("--num_epochs", type=int, default=10)
     train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--learning_rate", type=float, default=2e-3)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
     train.add_argument("--lr_scheduler", default="cosine",
                        choices=["linear", "cosine", "constant", "constant_with_warmup"])
     train.add_argument("--lr_warmup_steps", type=int, default=100)
@@ -104,7 +104,8 @@ def parse_args(argv=None):
     evaluate.add_argument("--checkpointing_steps", type=int, default=500)
     evaluate.add_argument("--checkpoints_total_limit", type=int, default=None)
     evaluate.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
-    evaluate.add_argument("--report_to", default="jsonl", choices=["jsonl", "tensorboard"])
+    evaluate.add_argument("--report_to", default="auto", choices=["auto", "jsonl", "tensorboard"],
+                          help="logs/train_log.jsonl is always written; auto adds TensorBoard when it is installed.")
 
     hub = parser.add_argument_group("publishing")
     hub.add_argument("--push_to_hub", action="store_true")
@@ -209,11 +210,12 @@ def main(args):
         raise ValueError(f"{output_dir} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest, "
                          "or choose another --output_dir (nothing was changed).")
 
+    tensorboard = args.report_to == "tensorboard" or (args.report_to == "auto" and is_tensorboard_available())
     accelerator = Accelerator(
         # Without a GPU, processes started by `accelerate launch --multi_gpu` train on CPUs (gloo), one per process.
         cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        log_with="tensorboard" if args.report_to == "tensorboard" else None,
+        log_with="tensorboard" if tensorboard else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
@@ -261,7 +263,7 @@ def main(args):
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-    if accelerator.is_main_process and args.report_to == "tensorboard":
+    if accelerator.is_main_process and tensorboard:
         accelerator.init_trackers("binary_flow")
 
     loss_config = FlowLossConfig(
@@ -290,6 +292,8 @@ def main(args):
     start = time.perf_counter()
 
     for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:  # a finished run resumed: nothing left to train
+            break
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         unet.train()

@@ -135,6 +135,8 @@ class BinaryFlowPipeline(DiffusionPipeline):
                                  f"null label {self.config.null_class_label}, got {labels.tolist()}.")
             if len(labels) not in (1, batch_size):
                 raise ValueError(f"Got {len(labels)} class labels for a batch of {batch_size}.")
+        if class_labels is None and self.num_class_embeds is not None and self.config.null_class_label is None:
+            raise ValueError("This denoiser is class-conditional without a null class: pass `class_labels`.")
         if guidance_scale != 1.0 and (class_labels is None or self.config.null_class_label is None):
             raise ValueError("Classifier-free guidance needs `class_labels` and a denoiser trained with a null class "
                              "(the pipeline's `null_class_label`); use guidance_scale=1.0 otherwise.")
@@ -179,7 +181,8 @@ class BinaryFlowPipeline(DiffusionPipeline):
 
         Args:
             batch_size (`int`): Number of images.
-            class_labels (`int`, `list[int]` or `torch.Tensor`, *optional*): Class ids for a class-conditional denoiser.
+            class_labels (`int`, `list[int]` or `torch.Tensor`, *optional*):
+                Class ids for a class-conditional denoiser; without them it generates through its null class.
             guidance_scale (`float`): Classifier-free guidance weight in x-space; 1.0 disables it.
             num_inference_steps (`int`): ODE steps from sigma = 1 to 0.
             sigmas (`list[float]`, *optional*): A custom decreasing sigma grid (its length sets the steps).
@@ -203,6 +206,9 @@ class BinaryFlowPipeline(DiffusionPipeline):
                           generator, output_type, callback_on_step_end_tensor_inputs)
         self._interrupt = False
         device, dtype = self._execution_device, self.unet.dtype
+        if class_labels is None and self.num_class_embeds is not None:
+            # A class-conditional denoiser generates without a class through its null class.
+            class_labels = self.config.null_class_label
         if class_labels is not None:
             class_labels = torch.as_tensor(class_labels, device=device).flatten().expand(batch_size)
         known, keep = self.prepare_completion(image, mask_image, batch_size, device, dtype)

@@ -202,6 +202,19 @@ def test_class_labels_change_the_samples_and_broadcast():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_a_class_conditional_denoiser_without_labels_generates_through_its_null_class():
+    pipe = conditional_pipeline()
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["class_labels"]),
+                                        with_kwargs=True)
+    images = pipe(batch_size=2, num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and len(seen) == 2
+    assert all(torch.equal(labels, torch.tensor([3, 3])) for labels in seen)
+    without_null = BinaryFlowPipeline(unet=tiny_unet(num_class_embeds=4), scheduler=BinaryFlowMatchScheduler())
+    with pytest.raises(ValueError, match="pass `class_labels`"):
+        without_null(num_inference_steps=2)
+
+
 def test_dit_transformer_denoiser_works_class_conditionally(tmp_path):
     torch.manual_seed(0)
     dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=1,

@@ -83,6 +83,7 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     assert len(bins) == 10 and sum(b["count"] for b in bins) == 16  # 2 steps x 8 images, binned by sigma
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
     assert "Steps" in proc.stderr  # the progress bar
+    assert list((output_dir / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs when it is installed"
 
     metadata = card_metadata(output_dir / "README.md")
     assert metadata["library_name"] == "diffusers" and metadata["license"] == "apache-2.0"
@@ -265,3 +266,12 @@ def test_a_fresh_run_never_overwrites_checkpoints(trained, tmp_path, tiny_config
     proc = train(output_dir, tiny_config, expect_failure=True)
     assert "--resume_from_checkpoint latest" in proc.stderr
     assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-2"]
+
+
+def test_resuming_a_finished_run_trains_no_further(trained, tiny_config):
+    output_dir, _ = trained
+    before = unet_weights(output_dir)
+    train(output_dir, tiny_config, "--class_conditional", "--resume_from_checkpoint", "latest")
+    after = unet_weights(output_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((output_dir / "training_summary.json").read_text())["optimizer_steps"] == 4
