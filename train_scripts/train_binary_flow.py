@@ -348,6 +348,8 @@ def main(args):
         if global_step >= max_train_steps:
             break
     progress.close()
+    if global_step % args.checkpointing_steps:
+        save_checkpoint(accelerator, args, output_dir, global_step)  # a rerun with --resume_from_checkpoint is a no-op
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

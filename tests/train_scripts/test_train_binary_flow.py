@@ -133,8 +133,9 @@ def test_two_processes_train_data_parallel_and_one_writes(tmp_path, tiny_config)
     output_dir = tmp_path / "ddp"
     launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-    proc = train(output_dir, tiny_config, launcher=launcher)
+    proc = train(output_dir, tiny_config, "--checkpointing_steps", "3", launcher=launcher)
     assert "4 optimiser steps of 16 images" in proc.stderr  # effective batch: 2 processes x 8
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]  # + final
     assert json.loads((output_dir / "training_summary.json").read_text())["optimizer_steps"] == 4
     assert len((output_dir / "logs" / "train_log.jsonl").read_text().splitlines()) == 2  # written once
     bins = json.loads((output_dir / "logs" / "train_log.jsonl").read_text().splitlines()[0])["loss_per_sigma_bin"]
