@@ -11,17 +11,13 @@ import hashlib
 import http.client
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.hub_client import TOKEN, run_client
+from tests.hub_client import run_client
 from tests.hub_server import HubServer, git_blob_sha1
 
 

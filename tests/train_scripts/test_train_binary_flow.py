@@ -5,7 +5,6 @@ fine-tuning, publishing, refusals), not quality. The Hub is tests/hub_server.py 
 """
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -1,0 +1,1 @@
+"""Offline quality metrics for binary generative models (see distribution.py and digits.py)."""
