@@ -15,6 +15,7 @@ setup(
     package_data={
         "diffusers_binflow.hub_code": ["*.py", "*.md", "components/*.py"],
         "diffusers_binflow.data": ["*.npz", "*.md"],
+        "diffusers_binflow.metrics": ["*.safetensors", "*.json"],
     },
     # Floors: diffusers 0.42 is the first release that accepts huggingface_hub 2.x (and needs Python 3.11);
     # transformers 5 is the line that works with hub >= 1.31. Tested together by `make test`.

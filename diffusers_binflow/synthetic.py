@@ -185,7 +185,7 @@ class LinearCode:
 
     @classmethod
     def hamming(cls, r: int = 4) -> "LinearCode":
-        """The ``[2**r - 1, 2**r - 1 - r]`` Hamming code: H's columns are every non-zero r-bit vector (r = 4: [15, 11])."""
+        """The ``[2**r - 1, 2**r - 1 - r]`` Hamming code: H's columns: all non-zero r-bit vectors (r = 4: [15, 11])."""
         columns = all_states(r)[1:]  # (2**r - 1, r)
         return cls(columns.T)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from diffusers_binflow.flow import interpolate
-from diffusers_binflow.synthetic import ProductBernoulliMixture
+from diffusers_binflow.synthetic import IsingModel, LinearCode, ProductBernoulliMixture, all_states, state_index
 
 
 def test_samples_follow_the_mixture():
@@ -45,3 +45,94 @@ def test_bad_parameters_are_refused():
         ProductBernoulliMixture([1.0, 1.0], [[0.5]])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         ProductBernoulliMixture([1.0], [[1.5]])
+
+
+# --- enumerable distributions: state order, Ising model, linear codes -------------------------------------------
+
+def test_state_index_reads_bits_as_a_binary_number_first_bit_most_significant():
+    assert state_index(torch.tensor([[0.0, 0, 1], [1, 0, 0], [1, 1, 0]])).tolist() == [1, 4, 6]
+    states = all_states(5)
+    assert states.shape == (32, 5) and (state_index(states) == torch.arange(32)).all()
+    with pytest.raises(ValueError, match="d <= 20"):
+        all_states(21)
+
+
+def test_mixture_probabilities_are_the_exact_pmf():
+    mixture = ProductBernoulliMixture([0.3, 0.7], [[1.0, 0.0, 0.5], [0.2, 0.9, 0.5]])
+    p = mixture.probabilities()
+    assert p.shape == (8,) and p.sum().item() == pytest.approx(1.0)
+    # state 0b101: bits (1, 0, 1)
+    expected = 0.3 * 1.0 * 1.0 * 0.5 + 0.7 * 0.2 * 0.1 * 0.5
+    assert p[5].item() == pytest.approx(expected)
+    assert p[0].item() == pytest.approx(0.7 * 0.8 * 0.1 * 0.5)  # component 0 cannot have bit 0 off
+    torch.testing.assert_close(mixture.log_prob(all_states(3)).exp(), p)
+
+
+def test_ising_probabilities_sum_to_one_and_are_flip_symmetric_at_zero_field():
+    model = IsingModel(side=4, temperature=2.269)
+    p = model.probabilities()
+    assert model.dim == 16 and p.shape == (2**16,) and p.sum().item() == pytest.approx(1.0, abs=1e-9)
+    torch.testing.assert_close(p, p.flip(0))  # flipping every bit maps index j to 2**16 - 1 - j
+    assert not torch.allclose(IsingModel(4, 2.269, field=0.5).probabilities().flip(0), p)
+
+
+def test_ising_energy_counts_the_periodic_bonds():
+    model = IsingModel(side=4, temperature=1.0)
+    assert model.energy(torch.zeros(1, 16)).item() == -32  # 2 * 16 bonds, all aligned
+    checkerboard = ((torch.arange(4)[:, None] + torch.arange(4)[None]) % 2).float().reshape(1, 16)
+    assert model.energy(checkerboard).item() == 32
+    assert IsingModel(4, 1.0, field=0.5).energy(torch.ones(1, 16)).item() == -32 - 8
+
+
+def test_cold_ising_concentrates_on_the_two_ground_states_and_hot_ising_is_near_uniform():
+    cold = IsingModel(4, temperature=0.5).probabilities()
+    assert cold[0].item() + cold[-1].item() > 0.999
+    hot = IsingModel(4, temperature=1000.0).probabilities()
+    assert (hot * 2**16).min().item() > 0.9 and (hot * 2**16).max().item() < 1.1
+
+
+def test_exact_samples_match_the_probabilities_within_sampling_error():
+    g = torch.Generator().manual_seed(0)
+    for model, n in ((IsingModel(4, 2.269), 100_000), (LinearCode.hamming(3), 50_000)):
+        p = model.probabilities()
+        counts = torch.bincount(state_index(model.sample(n, generator=g)), minlength=p.numel()).double()
+        likely = p * n > 50
+        z = (counts[likely] - n * p[likely]) / (n * p[likely] * (1 - p[likely])).sqrt()
+        assert z.abs().max().item() < 5 and counts[p == 0].sum() == 0
+
+
+def test_ising_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="side >= 3"):
+        IsingModel(side=2, temperature=1.0)
+    with pytest.raises(ValueError, match="d <= 20"):
+        IsingModel(side=5, temperature=1.0)
+    with pytest.raises(ValueError, match="positive"):
+        IsingModel(side=4, temperature=0.0)
+
+
+def test_hamming_code_has_2_to_the_k_valid_codewords():
+    code = LinearCode.hamming(4)
+    words = code.codewords()
+    assert code.dim == 15 and code.num_info_bits == 11 and words.shape == (2**11, 15)
+    assert code.is_valid(words).all() and len(torch.unique(words, dim=0)) == 2**11
+    assert code.probabilities().sum().item() == pytest.approx(1.0)
+    assert (code.probabilities() > 0).sum().item() == 2**11
+
+
+def test_code_samples_are_valid_and_random_bits_are_valid_with_probability_2_to_the_minus_checks():
+    g = torch.Generator().manual_seed(1)
+    for code in (LinearCode.hamming(4), LinearCode.random(16, 8, seed=0)):
+        assert code.is_valid(code.sample(2000, generator=g)).all()
+        random_bits = (torch.rand(40_000, code.dim, generator=g) < 0.5).float()
+        rate, expected = code.is_valid(random_bits).double().mean().item(), 2.0 ** -(code.dim - code.num_info_bits)
+        assert rate == pytest.approx(expected, abs=4 * (expected / 40_000) ** 0.5)
+
+
+def test_random_code_is_fixed_by_its_seed_and_redundant_checks_lower_the_rank():
+    assert torch.equal(LinearCode.random(16, 8, seed=3).parity_check_matrix,
+                       LinearCode.random(16, 8, seed=3).parity_check_matrix)
+    h = LinearCode.hamming(3).parity_check_matrix
+    redundant = LinearCode(torch.cat([h, (h[:1] + h[1:2]) % 2]))  # a 4th check that is the sum of two others
+    assert redundant.num_info_bits == 4 and len(redundant.codewords()) == 16
+    with pytest.raises(ValueError, match="parity_check_matrix"):
+        LinearCode([[0, 2, 1]])

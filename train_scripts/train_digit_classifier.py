@@ -85,7 +85,8 @@ def main(argv=None):
         "heldout_accuracy": round(heldout_accuracy, 4),
         "train_accuracy": round(accuracy(model, train_bits, train_labels), 4),
         "data": "bundled digits, 9000 train / 1000 held-out, binarized at grey level 128",
-        "command": "python train_scripts/train_digit_classifier.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join([
+            "python train_scripts/train_digit_classifier.py", *(sys.argv[1:] if argv is None else argv)]),
         "wall_time_s": round(time.time() - start, 1),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

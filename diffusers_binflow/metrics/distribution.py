@@ -30,7 +30,7 @@ def minimum_samples(probabilities: torch.Tensor) -> int:
     """``max(MIN_SAMPLES, ceil(SAMPLES_PER_STATE * exp(H(p))))``: the fewest samples the histogram metrics accept."""
     p = torch.as_tensor(probabilities, dtype=torch.float64)
     entropy = -torch.special.xlogy(p, p).sum().item()
-    return max(MIN_SAMPLES, math.ceil(SAMPLES_PER_STATE * math.exp(entropy)))
+    return max(MIN_SAMPLES, math.ceil(round(SAMPLES_PER_STATE * math.exp(entropy), 6)))
 
 
 def check_bits(bits: torch.Tensor, dim: int | None = None) -> None:

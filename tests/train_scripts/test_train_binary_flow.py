@@ -4,6 +4,7 @@ Runs use a very small UNet and a few steps; they check behaviour (outputs, exact
 fine-tuning, publishing, refusals), not quality. The Hub is tests/hub_server.py (see conftest.py).
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -82,7 +83,8 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     assert len(bins) == 10 and sum(b["count"] for b in bins) == 16  # 2 steps x 8 images, binned by sigma
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
     assert "Steps" in proc.stderr  # the progress bar
-    assert list((output_dir / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs when it is installed"
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((output_dir / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs when it is installed"
 
     metadata = card_metadata(output_dir / "README.md")
     assert metadata["library_name"] == "diffusers" and metadata["license"] == "apache-2.0"
