@@ -18,7 +18,9 @@ setup(
         "diffusers_binflow.metrics": ["*.safetensors", "*.json"],
     },
     # Floors: diffusers 0.42 is the first release that accepts huggingface_hub 2.x (and needs Python 3.11);
-    # transformers 5 is the line that works with hub >= 1.31. Tested together by `make test`.
+    # transformers 5 is the line that works with hub >= 1.31. The whole test suite passes both at the floors
+    # (diffusers 0.42.0, huggingface-hub 1.32.0, transformers 5.0.0, accelerate 1.0.0) and at the newest releases
+    # (0.42.1, 2.4.0, 5.24.0, 1.15.0), each with torch 2.13.0; torch>=2.6 is diffusers' own floor.
     install_requires=[
         "diffusers>=0.42.0",
         "torch>=2.6",
