@@ -31,6 +31,7 @@ from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_s
 from diffusers_binflow.flow import PREDICTION_TYPES
 from diffusers_binflow.hub import upload_pipeline_folder
 from diffusers_binflow.losses import LOSS_SPACES, LOSS_TYPES, inverse_square_weight
+from diffusers_binflow.metrics import MIN_FD_SAMPLES, DigitMetrics
 from diffusers_binflow.model_card import render_model_card
 from diffusers_binflow.models import build_unet
 from diffusers_binflow.timestep_sampling import SIGMA_SAMPLERS
@@ -100,6 +101,8 @@ def parse_args(argv=None):
     evaluate.add_argument("--num_inference_steps", type=int, default=16)
     evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
     evaluate.add_argument("--guidance_scale", type=float, default=2.0, help="For class-conditional validation.")
+    evaluate.add_argument("--metrics_num_samples", type=int, default=0,
+                          help="At the end, score this many samples (>= 200) with the digit metrics (1x28x28 data).")
     evaluate.add_argument("--logging_steps", type=int, default=20)
     evaluate.add_argument("--checkpointing_steps", type=int, default=500)
     evaluate.add_argument("--checkpoints_total_limit", type=int, default=None)
@@ -118,6 +121,8 @@ def parse_args(argv=None):
         parser.error("Give either --train_data_dir or --dataset_name, not both.")
     if args.loss_type == "bce" and args.prediction_type != "logits":
         parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits.")
+    if args.metrics_num_samples and args.metrics_num_samples < MIN_FD_SAMPLES:
+        parser.error(f"--metrics_num_samples must be 0 (off) or at least {MIN_FD_SAMPLES}.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "validation_steps",
                  "checkpointing_steps", "logging_steps", "num_inference_steps"):
         if getattr(args, name) < 1:
@@ -360,6 +365,8 @@ def main(args):
         summary = {"optimizer_steps": global_step, "train_seconds": round(time.perf_counter() - start, 1),
                    "num_parameters": sum(p.numel() for p in pipeline.unet.parameters()),
                    "final_training_loss": None if last_loss is None else round(last_loss, 5)}
+        if args.metrics_num_samples:
+            summary.update(digit_metrics(pipeline, args, num_classes))
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
         (output_dir / "README.md").write_text(render_model_card(
             MODEL_CARD_TEMPLATE.read_text(), args=args, repo_id=repo_id or output_dir.name, metrics=summary,
@@ -415,6 +422,19 @@ def save_sample_grid(accelerator, unet, ema, noise_scheduler, args, num_classes,
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = make_image_grid(images, rows=rows, cols=8)
     grid.resize((grid.width * 3, grid.height * 3), resample=0).save(path)
+
+
+def digit_metrics(pipeline: BinaryFlowPipeline, args, num_classes) -> dict:
+    """FD, precision/recall, coverage, speckle and memorisation of `--metrics_num_samples` samples (classes in turn)."""
+    metrics = DigitMetrics(num_samples=args.metrics_num_samples)
+    labels = None if num_classes is None else (torch.arange(args.metrics_num_samples) % num_classes).tolist()
+    bits = pipeline(batch_size=args.metrics_num_samples, class_labels=labels,
+                    guidance_scale=args.guidance_scale if labels else 1.0, num_inference_steps=args.num_inference_steps,
+                    generator=torch.Generator().manual_seed(args.seed), output_type="pt").images
+    scores = {f"digits_{name}": round(value, 4) for name, value in metrics(bits.cpu()).items()
+              if isinstance(value, float)}
+    scores["digits_fd_real_data_floor"] = round(metrics.floor(args.metrics_num_samples, seed=args.seed)["fd"], 4)
+    return scores
 
 
 def push(output_dir: Path, repo_id: str, token):

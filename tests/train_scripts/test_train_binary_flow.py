@@ -60,7 +60,7 @@ def unet_weights(folder: Path) -> dict:
 def trained(tmp_path_factory, tiny_config):
     """A class-conditional run on the bundled digits (4 steps, checkpoints at 2 and 4)."""
     output_dir = tmp_path_factory.mktemp("runs") / "digits"
-    proc = train(output_dir, tiny_config, "--class_conditional")
+    proc = train(output_dir, tiny_config, "--class_conditional", "--metrics_num_samples", "200")
     return output_dir, proc
 
 
@@ -93,6 +93,8 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     body = (output_dir / "README.md").read_text()
     assert "trust_remote_code=True" in body and "BinaryFlowPipeline.from_pretrained" in body
     assert "| prediction_type | sample |" in body and "final_training_loss" in body and "sample_grid.png" in body
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    assert summary["digits_fd"] > 0 and 0 <= summary["digits_precision"] <= 1 and "| digits_fd |" in body
 
 
 def test_resuming_a_killed_run_gives_the_weights_of_an_uninterrupted_one(trained, tmp_path, tiny_config):
@@ -251,6 +253,7 @@ def test_a_missing_column_and_an_unsuitable_resolution_are_refused(tmp_path, tin
 
 def test_unknown_option_values_are_refused(tmp_path, tiny_config):
     assert "invalid choice" in refused(tmp_path, tiny_config, "--loss_space", "eps")
+    assert "at least 200" in refused(tmp_path, tiny_config, "--metrics_num_samples", "50")
     assert "needs --prediction_type logits" in refused(tmp_path, tiny_config, "--loss_type", "bce")
 
 
