@@ -444,7 +444,7 @@ def push(output_dir: Path, repo_id: str, token):
                                         commit_message="Upload binary flow pipeline")
     except Exception as error:  # the local result stays usable whatever went wrong upstream
         logger.error(f"Upload to {repo_id} failed ({type(error).__name__}: {error}). The trained pipeline is intact "
-                     f"in {output_dir}; retry with: python -m diffusers_binflow.hub push {output_dir} {repo_id}")
+                     f"in {output_dir}; retry with: python -m diffusers_binflow push {output_dir} {repo_id}")
         raise SystemExit(1) from error
     print(f"Pushed to {commit.commit_url}")
 

@@ -207,9 +207,9 @@ def test_a_failed_upload_keeps_the_output_and_says_how_to_retry(session_hub, tmp
                      expect_failure=True)
     finally:
         session_hub.fail_next_commits = 0
-    assert f"retry with: python -m diffusers_binflow.hub push {output_dir} tester/fails" in proc.stderr
+    assert f"retry with: python -m diffusers_binflow push {output_dir} tester/fails" in proc.stderr
     assert (output_dir / "model_index.json").is_file() and (output_dir / "README.md").is_file()
-    retry = subprocess.run([sys.executable, "-m", "diffusers_binflow.hub", "push", str(output_dir), "tester/fails"],
+    retry = subprocess.run([sys.executable, "-m", "diffusers_binflow", "push", str(output_dir), "tester/fails"],
                            capture_output=True, text=True, timeout=300)
     assert retry.returncode == 0, retry.stderr
     assert "model_index.json" in session_hub.files("tester/fails")
