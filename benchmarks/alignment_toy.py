@@ -34,9 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from diffusers.models.embeddings import get_timestep_embedding
+from torch import nn
 
 from diffusers_binflow import BinaryFlowMatchScheduler
 from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
@@ -44,7 +43,6 @@ from diffusers_binflow.flow import interpolate, predict_x0
 from diffusers_binflow.losses import implied_weight
 from diffusers_binflow.timestep_sampling import sample_sigmas
 from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
-
 
 DIM = 16
 NUM_TRAIN_TIMESTEPS = 1000
@@ -324,12 +322,14 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ",
         f"{cfg['steps']} Adam steps (lr {cfg['lr']}), batch {cfg['batch_size']}, {cfg['seeds']} seeds per cell, "
         f"2x256 gated MLP; {cfg['num_samples']} samples per run (Euler, {SAMPLING_STEPS} steps). "
-        f"Wall time {result['wall_seconds']:.0f} s on {result['machine']}.", "",
-        "Final loss: EMA (span 200) of each recipe's own training loss (not comparable across recipes). "
-        "eval x-MSE: x-space MSE of x_hat on a fixed set under uniform sigma. Diverged: seeds with a loss that is "
-        "not finite or > 1e6. Gradient: norm of d(per-sample loss)/d(output), p50 (p99) in the sigma bins "
-        "[0, 0.1) and [0.9, 1], last 1000 steps pooled over seeds; slope: log-log slope of p50 over the bins "
-        "centred at sigma 0.05, 0.15, 0.25 (-2 = sigma^-2 growth).", "",
+        f"Wall time {result['wall_seconds']:.0f} s on {result['machine']}."
+        + ("" if result["complete"] else
+           f" **Partial: {result['cells_finished']} of {result['cells_total']} cells finished so far.**"), "",
+        ("Final loss: EMA (span 200) of each recipe's own training loss (not comparable across recipes). "
+         "eval x-MSE: x-space MSE of x_hat on a fixed set under uniform sigma. Diverged: seeds with a loss that is "
+         "not finite or > 1e6. Gradient: norm of d(per-sample loss)/d(output), p50 (p99) in the sigma bins "
+         "[0, 0.1) and [0.9, 1], last 1000 steps pooled over seeds; slope: log-log slope of p50 over the bins "
+         "centred at sigma 0.05, 0.15, 0.25 (-2 = sigma^-2 growth)."), "",
     ]
     for dataset in DATASETS:
         cells = [c for c in result["cells"] if c["dataset"] == dataset]
@@ -373,15 +373,16 @@ def plot(result: dict, path: Path) -> None:
             bins = [b for b in c["output_grad_norm_per_sigma_bin"] if b["p50"] is not None and b["p50"] > 0]
             if not bins:
                 continue
+            color = f"C{[r.name for r in RECIPES].index(c['recipe'])}"  # one colour per recipe in both panels
             style = "-" if c["sampler"] == "uniform" else "--"
             ax.plot([(b["sigma_low"] + b["sigma_high"]) / 2 for b in bins], [b["p50"] for b in bins], style,
-                    marker="o", markersize=3, label=c["label"])
+                    color=color, marker="o", markersize=3, label=c["label"])
         ax.set_yscale("log")
         ax.set_xlabel("sigma bin centre (1 = noise, 0 = data)")
         ax.set_title(f"{'BPSK (+-1 bits)' if dataset == 'bpsk' else 'Gaussian'}, 16-d")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("p50 of |d loss / d output| per sample")
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()  # BPSK has every recipe
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=120)
@@ -423,7 +424,15 @@ def main(argv=None):
                         help="runs in parallel, one thread each")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: 30 steps, batch 64, 1 seed, 2 recipes")
+    parser.add_argument("--render_only", action="store_true",
+                        help="rewrite the Markdown and PNG from an existing alignment_toy.json in --output_dir")
     args = parser.parse_args(argv)
+    if args.render_only:
+        result = json.loads((args.output_dir / "alignment_toy.json").read_text())
+        (args.output_dir / "alignment_toy.md").write_text(markdown(result) + "\n")
+        plot(result, args.output_dir / "alignment_toy.png")
+        print(markdown(result))
+        return
     if args.smoke:
         args.steps, args.batch_size, args.seeds, args.num_samples, args.workers = 30, 64, 1, 2000, 1
 
@@ -432,24 +441,38 @@ def main(argv=None):
     jobs = [(d, r, s, seed, args) for d, r, s in cells for seed in range(args.seeds)]
     print(f"{len(cells)} cells x {args.seeds} seeds = {len(jobs)} runs of {args.steps} steps "
           f"(batch {args.batch_size}, {args.workers} worker(s))", flush=True)
-    results = {}
+    results, done = {}, []
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def record(i, run):
+        results[(run["dataset"], run["recipe"], run["sampler"], run["seed"])] = run
+        report_run(i, len(jobs), run, start)
+        for d, r, s in cells:  # rewrite the outputs whenever a cell has all its seeds, so a long run shows progress
+            if (d, r.name, s) not in done and all((d, r.name, s, k) in results for k in range(args.seeds)):
+                done.append((d, r.name, s))
+                if len(done) < len(cells):
+                    write_outputs(args, argv, start, cells, results, quiet=True)
+
     if args.workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.workers) as pool:
             for i, run in enumerate(pool.imap_unordered(_worker, jobs), 1):
-                results[(run["dataset"], run["recipe"], run["sampler"], run["seed"])] = run
-                report_run(i, len(jobs), run, start)
+                record(i, run)
     else:
         for i, job in enumerate(jobs, 1):
-            run = _worker(job)
-            results[(run["dataset"], run["recipe"], run["sampler"], run["seed"])] = run
-            report_run(i, len(jobs), run, start)
+            record(i, _worker(job))
+    write_outputs(args, argv, start, cells, results)
 
+
+def write_outputs(args, argv, start, cells, results, quiet=False):
+    """Summarise the finished cells (all seeds done) into JSON, Markdown and PNG; `complete` says if all are."""
+    finished = [(d, r, s) for d, r, s in cells if all((d, r.name, s, k) in results for k in range(args.seeds))]
     summary = [summarize_cell(d, r, s, [results[(d, r.name, s, seed)] for seed in range(args.seeds)])
-               for d, r, s in cells]
+               for d, r, s in finished]
     result = clean_json({
         "command": "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "complete": len(finished) == len(cells), "cells_finished": len(finished), "cells_total": len(cells),
         "config": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "lr": args.lr,
                    "num_samples": args.num_samples, "workers": args.workers, "smoke": args.smoke,
                    "dim": DIM, "network": "2x256 gated MLP", "optimizer": "Adam",
@@ -461,13 +484,13 @@ def main(argv=None):
         "floors": floors(args.num_samples),
         "cells": summary,
     })
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "alignment_toy.json").write_text(json.dumps(result, indent=1))
     table = markdown(result)
     (args.output_dir / "alignment_toy.md").write_text(table + "\n")
     plot(result, args.output_dir / "alignment_toy.png")
-    print(table)
-    print(f"wrote {args.output_dir}/alignment_toy.{{json,md,png}} in {result['wall_seconds']:.1f} s")
+    if not quiet:
+        print(table)
+        print(f"wrote {args.output_dir}/alignment_toy.{{json,md,png}} in {result['wall_seconds']:.1f} s")
 
 
 def report_run(i, total, run, start):
