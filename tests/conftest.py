@@ -29,3 +29,11 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 def session_hub():
     """The Hub server the in-process client is pointed at."""
     return SESSION_HUB
+
+
+@pytest.fixture(autouse=True)
+def fresh_misalignment_warnings():
+    """Each test sees the once-per-pair misalignment warning of `binary_flow_loss` anew, whatever ran before."""
+    from diffusers_binflow import losses
+
+    losses._warned_pairs.clear()

@@ -3,17 +3,8 @@ import warnings
 import pytest
 import torch
 
-from diffusers_binflow import losses
 from diffusers_binflow.flow import interpolate
 from diffusers_binflow.losses import binary_flow_loss, implied_weight, inverse_square_weight
-
-
-@pytest.fixture(autouse=True)
-def fresh_warnings():
-    """Each test sees the once-per-pair misalignment warning anew."""
-    losses._warned_pairs.clear()
-    yield
-    losses._warned_pairs.clear()
 
 
 def training_batch(sigmas, seed=0, shape=(16,)):
