@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[training,test,benchmarks]"
+	$(BIN)/python -m pip install --quiet -e ".[training,test,benchmarks,peers]"
 	touch $@
 
 install: $(VENV)/.installed

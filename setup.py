@@ -36,5 +36,8 @@ setup(
         "training": ["Jinja2>=3.1", "tensorboard>=2.14", "datasets>=3.0"],
         "test": ["pytest>=8.0"],
         "benchmarks": ["matplotlib>=3.8"],
+        # Meta's discrete flow matching, a peer in benchmarks/peers_digits.py. CC BY-NC 4.0: installed, never copied
+        # or imported by the library. Its wheel also installs a top-level `tests` package (ours wins under pytest).
+        "peers": ["flow-matching>=1.0.10"],
     },
 )

@@ -28,13 +28,13 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from diffusers.models.embeddings import get_timestep_embedding
+from reporting import clean_json, command_line, fmt, mean_std, small_sigma_slope
 from torch import nn
 
 from diffusers_binflow import BinaryFlowMatchScheduler
@@ -151,12 +151,14 @@ def gaussian_flow_loss(model, clean: torch.Tensor, config: FlowLossConfig, gener
 
 
 @torch.no_grad()
-def generate(model, prediction_type: str, dataset: str, n: int, seed: int) -> torch.Tensor:
+def generate(model, prediction_type: str, dataset: str, n: int, seed: int, dim: int = DIM,
+             steps: int = SAMPLING_STEPS) -> torch.Tensor:
+    """`n` samples (N, dim) by Euler from sigma = 1: +-1 for "bpsk" (threshold), the final signal for "gaussian"."""
     final_step = "threshold" if dataset == "bpsk" else "none"
     scheduler = BinaryFlowMatchScheduler(prediction_type=prediction_type, solver="euler", final_step=final_step,
                                          num_train_timesteps=NUM_TRAIN_TIMESTEPS)
-    scheduler.set_timesteps(SAMPLING_STEPS)
-    sample = torch.randn(n, DIM, generator=torch.Generator().manual_seed(seed))
+    scheduler.set_timesteps(steps)
+    sample = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
     for t in scheduler.timesteps:
         sample = scheduler.step(model(sample, t, return_dict=False)[0], t, sample).prev_sample
     return sample
@@ -249,26 +251,6 @@ def train_one(dataset: str, recipe: Recipe, sampler: str, seed: int, args) -> di
     }
 
 
-def mean_std(values) -> dict:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return {"mean": None, "std": None, "n": 0}
-    t = torch.tensor(finite, dtype=torch.float64)
-    return {"mean": t.mean().item(), "std": t.std(unbiased=False).item(), "n": len(finite)}
-
-
-def small_sigma_slope(bins: list[dict]) -> float | None:
-    """Log-log slope of the p50 output-gradient norm against the bin centre over the first three bins
-    (sigma centres 0.05, 0.15, 0.25): about -2 for sigma^-2 growth, about 0 for bounded gradients."""
-    points = [(math.log((b["sigma_low"] + b["sigma_high"]) / 2), math.log(b["p50"]))
-              for b in bins[:3] if b["p50"] is not None and b["p50"] > 0 and math.isfinite(b["p50"])]
-    if len(points) < 2:
-        return None
-    x, y = torch.tensor(points, dtype=torch.float64).T
-    x = x - x.mean()
-    return ((x * (y - y.mean())).sum() / (x * x).sum()).item()
-
-
 def summarize_cell(dataset: str, recipe: Recipe, sampler: str, runs: list[dict]) -> dict:
     sigmas = torch.cat([r["_grad_sigmas"] for r in runs])
     norms = torch.cat([r["_grad_norms"] for r in runs])
@@ -297,22 +279,6 @@ def floors(num_samples: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- outputs
-
-
-def clean_json(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    return obj
-
-
-def fmt(stat: dict, digits: int = 4) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    return f"{stat['mean']:.{digits}g} ± {stat['std']:.2g}"
 
 
 def markdown(result: dict) -> str:
@@ -471,7 +437,7 @@ def write_outputs(args, argv, start, cells, results, quiet=False):
     summary = [summarize_cell(d, r, s, [results[(d, r.name, s, seed)] for seed in range(args.seeds)])
                for d, r, s in finished]
     result = clean_json({
-        "command": "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line(argv),
         "complete": len(finished) == len(cells), "cells_finished": len(finished), "cells_total": len(cells),
         "config": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "lr": args.lr,
                    "num_samples": args.num_samples, "workers": args.workers, "smoke": args.smoke,

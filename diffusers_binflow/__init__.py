@@ -6,7 +6,7 @@ Import this package before loading a saved pipeline: diffusers resolves our clas
 
 from .bits import bits_to_signal, signal_to_bits, signal_to_probabilities
 from .losses import binary_flow_loss, implied_weight, inverse_square_weight
-from .pipelines import BinaryFlowPipeline
+from .pipelines import BinaryFlowMIMOPipeline, BinaryFlowPipeline, BinaryFlowSequencePipeline
 from .schedulers import BinaryFlowMatchScheduler, BinaryFlowMatchSchedulerOutput
 from .timestep_sampling import sample_sigmas
 
@@ -15,7 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BinaryFlowMatchScheduler",
+    "BinaryFlowMIMOPipeline",
     "BinaryFlowPipeline",
+    "BinaryFlowSequencePipeline",
     "BinaryFlowMatchSchedulerOutput",
     "binary_flow_loss",
     "bits_to_signal",

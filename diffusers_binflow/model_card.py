@@ -4,8 +4,8 @@ from huggingface_hub import ModelCard, ModelCardData
 
 
 # The training options a model card reports, in this order.
-CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "v_clamp",
-                 "weighting_max", "bit_scale", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
+CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean",
+                 "logit_std", "v_clamp", "weighting_max", "bit_scale", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
                  "lr_scheduler", "use_ema", "ema_max_decay", "mixed_precision", "seed", "solver",
                  "num_inference_steps", "binarize_threshold", "stochastic_binarization", "resolution")
 

@@ -4,3 +4,17 @@ def run_sampler(scheduler, model, noise, **step_kwargs):
     for i, t in enumerate(scheduler.timesteps):
         sample = scheduler.step(model(sample, scheduler.sigmas[i].item()), t, sample, **step_kwargs).prev_sample
     return sample
+
+
+def numbers(obj):
+    """Every number (not bool) in a JSON-like structure, depth first."""
+    if isinstance(obj, (bool, str)) or obj is None:
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from numbers(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from numbers(value)

@@ -3,46 +3,56 @@
     python train_scripts/train_binary_flow.py --output_dir digits-model                      # bundled digits
     accelerate launch --multi_gpu --num_processes 2 train_scripts/train_binary_flow.py --output_dir out  # 2 processes
 
-The defaults are the paper's aligned recipe: x-prediction, x-space MSE, sigma uniform in (0, 1] (sigma = 1 is
-noise; the paper's t = 1 - sigma). The result is a `BinaryFlowPipeline` saved in --output_dir.
+The recipe defaults are the library's (`FlowLossConfig`, chosen by measurement): x-prediction, x-space MSE,
+logit(sigma) ~ N(0.8, 0.8) (sigma = 1 is noise; the paper's t = 1 - sigma). `--timestep_sampling uniform` gives
+the paper's plain recipe. The result is a `BinaryFlowPipeline` saved in --output_dir.
 """
 
 import argparse
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set_seed
+from accelerate.utils import set_seed
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
-from huggingface_hub import create_repo
 from tqdm.auto import tqdm
 
 from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
-from diffusers_binflow.data import BinaryImageDataset, Binarizer, from_bundled_digits, from_hf_dataset, from_image_folder
+from diffusers_binflow.data import (
+    Binarizer,
+    BinaryImageDataset,
+    from_bundled_digits,
+    from_hf_dataset,
+    from_image_folder,
+)
 from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
-from diffusers_binflow.flow import PREDICTION_TYPES
-from diffusers_binflow.hub import upload_pipeline_folder
-from diffusers_binflow.losses import LOSS_SPACES, LOSS_TYPES, inverse_square_weight
 from diffusers_binflow.metrics import MIN_FD_SAMPLES, DigitMetrics
 from diffusers_binflow.model_card import render_model_card
 from diffusers_binflow.models import build_unet
-from diffusers_binflow.timestep_sampling import SIGMA_SAMPLERS
-from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
-
+from diffusers_binflow.training import (
+    RECIPE_OPTIONS,
+    FlowLossConfig,
+    add_recipe_arguments,
+    flow_matching_loss,
+)
+from diffusers_binflow.training_runs import (
+    EpochPermutationSampler,
+    push_or_exit,
+    register_checkpoint_hooks,
+    save_checkpoint,
+    start_run,
+)
 
 logger = logging.getLogger(__name__)
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template.md"
 # Options a resumed run must share with the run that wrote the checkpoint.
-RECIPE_OPTIONS = ("model_config", "resolution", "prediction_type", "loss_space", "loss_type", "timestep_sampling",
-                  "logit_mean", "logit_std", "v_clamp", "weighting_max", "bit_scale", "class_conditional", "seed",
+RESUME_OPTIONS = ("model_config", "resolution", *RECIPE_OPTIONS, "class_conditional", "seed",
                   "train_batch_size", "gradient_accumulation_steps", "learning_rate", "dataset_name",
                   "train_data_dir", "binarize_threshold", "stochastic_binarization")
 
@@ -64,16 +74,7 @@ def parse_args(argv=None):
     model = parser.add_argument_group("model and recipe")
     model.add_argument("--model_config", default="tiny", help="tiny | small | base | path to a UNet2DModel JSON.")
     model.add_argument("--pretrained_model_name_or_path", help="Fine-tune a saved BinaryFlowPipeline (folder or Hub id).")
-    model.add_argument("--prediction_type", default="sample", choices=[p for p in PREDICTION_TYPES if p != "epsilon"])
-    model.add_argument("--loss_space", default="x", choices=LOSS_SPACES)
-    model.add_argument("--loss_type", default="mse", choices=LOSS_TYPES)
-    model.add_argument("--timestep_sampling", default="uniform", choices=SIGMA_SAMPLERS)
-    model.add_argument("--logit_mean", type=float, default=0.0, help="Mean of logit(sigma) for logit_normal.")
-    model.add_argument("--logit_std", type=float, default=1.0)
-    model.add_argument("--v_clamp", type=float, default=None, help="Floor of sigma in the v-loss (JiT: 0.05).")
-    model.add_argument("--weighting_max", type=float, default=None,
-                       help="Weight the loss by min(sigma^-2, this) (a bounded, aligned v-loss heuristic).")
-    model.add_argument("--bit_scale", type=float, default=1.0)
+    add_recipe_arguments(model)
 
     train = parser.add_argument_group("optimisation")
     train.add_argument("--train_batch_size", type=int, default=64, help="Per process.")
@@ -142,44 +143,6 @@ def load_training_data(args) -> BinaryImageDataset:
     return from_bundled_digits("train", **options)
 
 
-def check_resume_options(args, output_dir: Path):
-    """A resumed run must use the recipe its checkpoint was trained with."""
-    saved = json.loads((output_dir / "training_config.json").read_text())
-    differing = {k: (saved.get(k), getattr(args, k)) for k in RECIPE_OPTIONS if saved.get(k) != getattr(args, k)}
-    if differing:
-        raise ValueError("These options differ from the checkpoint's run (checkpoint, now): "
-                         + ", ".join(f"--{k} {v[0]!r} vs {v[1]!r}" for k, v in differing.items()))
-
-
-def resolve_checkpoint(args, output_dir: Path) -> Path | None:
-    if args.resume_from_checkpoint is None:
-        return None
-    if args.resume_from_checkpoint != "latest":
-        path = Path(args.resume_from_checkpoint)
-        if not path.is_dir():
-            raise ValueError(f"--resume_from_checkpoint {path} is not a checkpoint folder.")
-        return path
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
-
-
-class EpochPermutationSampler(torch.utils.data.Sampler):
-    """Shuffles with a permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
-
-    def __init__(self, num_items: int, seed: int):
-        self.num_items, self.seed, self.epoch = num_items, seed, 0
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-                    .tolist())
-
-    def __len__(self):
-        return self.num_items
-
-
 def main(args):
     output_dir = Path(args.output_dir)
     set_seed(args.seed)  # before the model is built: its initial weights are part of the run
@@ -208,52 +171,13 @@ def main(args):
     else:
         unet = build_unet(args.model_config, height, channels, None if num_classes is None else num_classes + 1)
 
-    checkpoint = resolve_checkpoint(args, output_dir)
-    if checkpoint is not None:
-        check_resume_options(args, output_dir)
-    elif any(output_dir.glob("checkpoint-*")):
-        raise ValueError(f"{output_dir} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest, "
-                         "or choose another --output_dir (nothing was changed).")
-
-    tensorboard = args.report_to == "tensorboard" or (args.report_to == "auto" and is_tensorboard_available())
-    accelerator = Accelerator(
-        # Without a GPU, processes started by `accelerate launch --multi_gpu` train on CPUs (gloo), one per process.
-        cpu=not torch.accelerator.is_available(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        log_with="tensorboard" if tensorboard else None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    if accelerator.is_main_process:
-        (output_dir / "logs").mkdir(parents=True, exist_ok=True)
-        if checkpoint is None:
-            config = {k: v for k, v in vars(args).items() if k != "hub_token"}
-            (output_dir / "training_config.json").write_text(json.dumps(config, indent=2))
-        repo_id = None
-        if args.push_to_hub:
-            repo_id = create_repo(args.hub_model_id or output_dir.name, private=args.hub_private_repo,
-                                  token=args.hub_token, exist_ok=True).repo_id
+    run = start_run(args, output_dir, RESUME_OPTIONS)
+    accelerator, checkpoint, repo_id = run.accelerator, run.checkpoint, run.repo_id
 
     ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
                    power=args.ema_power, model_cls=UNet2DModel, model_config=unet.config) if args.use_ema else None
 
-    def save_model_hook(models, weights, folder):
-        if accelerator.is_main_process:
-            if ema is not None:
-                ema.save_pretrained(str(Path(folder) / "unet_ema"))
-            for model in models:
-                model.save_pretrained(str(Path(folder) / "unet"))
-                weights.pop()
-
-    def load_model_hook(models, folder):
-        if ema is not None:
-            ema.load_state_dict(EMAModel.from_pretrained(str(Path(folder) / "unet_ema"), UNet2DModel).state_dict())
-        for _ in range(len(models)):
-            model = models.pop()
-            model.load_state_dict(UNet2DModel.from_pretrained(str(Path(folder)), subfolder="unet").state_dict())
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_checkpoint_hooks(accelerator, ema, UNet2DModel, "unet")
 
     sampler = EpochPermutationSampler(len(dataset), args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler,
@@ -268,14 +192,10 @@ def main(args):
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-    if accelerator.is_main_process and tensorboard:
+    if accelerator.is_main_process and run.tensorboard:
         accelerator.init_trackers("binary_flow")
 
-    loss_config = FlowLossConfig(
-        prediction_type=args.prediction_type, loss_space=args.loss_space, loss_type=args.loss_type,
-        timestep_sampling=args.timestep_sampling, logit_mean=args.logit_mean, logit_std=args.logit_std,
-        v_clamp=args.v_clamp, bit_scale=args.bit_scale,
-        weighting=None if args.weighting_max is None else inverse_square_weight(args.weighting_max))
+    loss_config = FlowLossConfig.from_args(args)
     noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
                                                solver=args.solver)
 
@@ -343,7 +263,7 @@ def main(args):
                     accelerator.log({"loss": record["loss"], "grad_norm": record["grad_norm"]}, step=global_step)
                 diagnostics = {"sigmas": [], "loss": [], "grad": []}
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args, output_dir, global_step)
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 save_sample_grid(accelerator, unet, ema, noise_scheduler, args, num_classes, null_class,
                                  output_dir / "samples" / f"step_{global_step:06d}.png")
@@ -354,7 +274,7 @@ def main(args):
             break
     progress.close()
     if global_step % args.checkpointing_steps:
-        save_checkpoint(accelerator, args, output_dir, global_step)  # a rerun with --resume_from_checkpoint is a no-op
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # a rerun with --resume_from_checkpoint is a no-op
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -374,7 +294,7 @@ def main(args):
             grid_file=grid_path.name))
         accelerator.print(f"Saved the pipeline and {grid_path} in {output_dir}")
         if args.push_to_hub:
-            push(output_dir, repo_id, args.hub_token)
+            push_or_exit(output_dir, repo_id, BinaryFlowPipeline, args.hub_token)
     accelerator.end_training()
 
 
@@ -388,15 +308,6 @@ def log_step(accelerator, diagnostics, global_step, epoch, grad_norm, lr_schedul
         "loss_per_sigma_bin": per_sigma_bin_stats(sigmas, losses, num_bins=10, percentiles=(50,)),
         "output_grad_norm_per_sigma_bin": per_sigma_bin_stats(sigmas, grads, num_bins=10, percentiles=(50, 99)),
     }
-
-
-def save_checkpoint(accelerator, args, output_dir: Path, global_step: int):
-    """Accelerate state (model, EMA, optimiser, LR schedule, RNG) in checkpoint-<step>, oldest pruned first."""
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in checkpoints[: max(0, len(checkpoints) - args.checkpoints_total_limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
 
 
 def build_pipeline(accelerator, unet, ema, noise_scheduler, null_class) -> BinaryFlowPipeline:
@@ -435,18 +346,6 @@ def digit_metrics(pipeline: BinaryFlowPipeline, args, num_classes) -> dict:
               if isinstance(value, float)}
     scores["digits_fd_real_data_floor"] = round(metrics.floor(args.metrics_num_samples, seed=args.seed)["fd"], 4)
     return scores
-
-
-def push(output_dir: Path, repo_id: str, token):
-    """Upload the pipeline, model card and grid (never checkpoints, logs or the token); keep the folder on failure."""
-    try:
-        commit = upload_pipeline_folder(output_dir, repo_id, BinaryFlowPipeline, token=token,
-                                        commit_message="Upload binary flow pipeline")
-    except Exception as error:  # the local result stays usable whatever went wrong upstream
-        logger.error(f"Upload to {repo_id} failed ({type(error).__name__}: {error}). The trained pipeline is intact "
-                     f"in {output_dir}; retry with: python -m diffusers_binflow push {output_dir} {repo_id}")
-        raise SystemExit(1) from error
-    print(f"Pushed to {commit.commit_url}")
 
 
 if __name__ == "__main__":

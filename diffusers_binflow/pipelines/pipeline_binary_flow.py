@@ -1,25 +1,28 @@
 """Generate binary images with an x-predicting denoiser by integrating the flow from noise to bits."""
 
-import os
 
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
+from diffusers import (
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    ImagePipelineOutput,
+)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
-from ..flow import interpolate, model_output_from_x0, predict_velocity, predict_x0
-from ..hub import snapshot_pipeline, upload_pipeline_folder
+from ..flow import model_output_from_x0, predict_velocity, predict_x0
 from ..schedulers import BinaryFlowMatchScheduler
 from .binary_images import bits_to_images, images_to_bits
-
+from .completion import reimpose_known
+from .hub_loading import BinflowHubMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "probs", "latent")
 # diffusers' own flow-matching schedulers step with a velocity; the pipeline converts other predictions for them.
 VELOCITY_SCHEDULERS = (FlowMatchEulerDiscreteScheduler,)
 
 
-class BinaryFlowPipeline(DiffusionPipeline):
+class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
     """
     Binary flow matching (arXiv 2602.10420): start from noise at sigma = 1, follow the velocity implied by the
     denoiser's estimate of the clean signal down to sigma = 0, and read bits off the result.
@@ -47,35 +50,6 @@ class BinaryFlowPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(null_class_label=null_class_label)
-
-    # ------------------------------------------------------------------------------------------------ loading
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load from a folder or a Hub repo id (import `diffusers_binflow` first). Weights load from safetensors only;
-        no code from the repo runs."""
-        kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    @classmethod
-    def download(cls, pretrained_model_name, **kwargs) -> str:
-        """Fetch a Hub repo without its code files (diffusers' own `download` refuses our components)."""
-        return snapshot_pipeline(
-            pretrained_model_name,
-            revision=kwargs.get("revision"),
-            cache_dir=kwargs.get("cache_dir"),
-            token=kwargs.get("token"),
-            local_files_only=kwargs.get("local_files_only", False),
-            force_download=kwargs.get("force_download", False),
-        )
-
-    def _upload_folder(self, working_dir: str | os.PathLike, repo_id: str, token=None, commit_message=None,
-                       create_pr=False, subfolder=None):
-        """Used by `push_to_hub` and `save_pretrained(push_to_hub=True)`: upload with the Hub-side code files."""
-        if subfolder is not None:
-            raise ValueError("Pushing a pipeline into a subfolder of a repo is not supported.")
-        return upload_pipeline_folder(working_dir, repo_id, type(self), token=token, commit_message=commit_message,
-                                      create_pr=create_pr)
 
     # ------------------------------------------------------------------------------------------- properties
 
@@ -241,10 +215,7 @@ class BinaryFlowPipeline(DiffusionPipeline):
                 model_output = predict_velocity(model_output, latents, sigma, self.prediction_type, self.bit_scale)
             latents = self.scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
             if known is not None:
-                # Completion: known bits are put back on the path with fresh noise (as in RePaint), so they land
-                # exactly on the given values and do not lock the generated bits onto one noise draw.
-                fresh = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-                latents = torch.where(keep, interpolate(known, fresh, self.scheduler.sigmas[i + 1]), latents)
+                latents = reimpose_known(latents, known, keep, self.scheduler.sigmas[i + 1], generator)
 
             if callback_on_step_end is not None:
                 step_tensors = {"latents": latents}

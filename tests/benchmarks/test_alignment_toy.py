@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from diffusers_binflow.training import flow_matching_loss
+from tests.helpers import numbers
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "alignment_toy.py"
 
@@ -22,19 +23,6 @@ def load_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def numbers(obj):
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return
-    if isinstance(obj, (int, float)):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from numbers(value)
-    elif isinstance(obj, list):
-        for value in obj:
-            yield from numbers(value)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,222 @@
+"""BER versus SNR of MIMO detectors: ZF, LMMSE, ML, K-best and conditional binary flow matching (ours).
+
+    python benchmarks/mimo_ber.py                 # full run: trains the models it lacks, then measures
+    python benchmarks/mimo_ber.py --smoke         # seconds: tiny systems and models, a few thousand bits
+
+Systems: 4x4 QPSK (8 bits per channel use; exhaustive ML is the reference) and 16x16 QPSK (32 bits; K-best). Our
+models (BCE x-loss, MSE x-loss and the misaligned x-prediction + v-loss) are trained by
+`train_scripts/train_mimo.py` into --models_dir unless a trained one is already there; the commands are recorded.
+Every detector sees the same channel realisations; a point stops at --min_errors bit errors, --max_bits bits, or
+--max_seconds of detection time (recorded as `stopped_by`). SNR is per receive antenna, ``num_tx * Es / N0`` with
+unit-energy symbols and CN(0, 1) channel entries (`diffusers_binflow.mimo.channel`). Writes mimo_ber.json, .md and
+.png into --output_dir.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from diffusers_binflow.mimo import (
+    get_modulation,
+    k_best,
+    lmmse,
+    maximum_likelihood,
+    zero_forcing,
+)
+from diffusers_binflow.mimo.evaluation import measure_ber
+from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "train_scripts" / "train_mimo.py"
+TARGET_BER = 1e-3
+RECIPES = {  # name -> recipe options of train_mimo.py
+    "bce": ["--prediction_type", "logits", "--loss_type", "bce"],
+    "mse": ["--prediction_type", "sample", "--loss_type", "mse"],
+    "vloss": ["--prediction_type", "sample", "--loss_type", "mse", "--loss_space", "v"],
+}
+COMMON_TRAIN = ["--lr_warmup_steps", "100", "--learning_rate", "1e-3", "--hidden_size", "64", "--num_layers", "3",
+                "--num_heads", "4", "--checkpointing_steps", "500", "--eval_channel_uses", "2048", "--seed", "0"]
+SMOKE_TRAIN = ["--hidden_size", "16", "--num_layers", "1", "--num_heads", "2", "--max_train_steps", "3",
+               "--train_batch_size", "16", "--lr_warmup_steps", "1", "--eval_channel_uses", "16", "--eval_snr_db", "8"]
+
+
+def systems(smoke: bool) -> list[dict]:
+    """What is measured: antennas, SNR grid, the classic detectors and our (recipe, steps, samples) settings."""
+    if smoke:
+        return [
+            dict(name="2x2 QPSK", num_tx=2, num_rx=2, modulation="qpsk", snr_db=[4.0, 12.0],
+                 classic=["zf", "lmmse", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"], ours=[(1, 1), (4, 1)],
+                 train=["--max_train_steps", "3"]),
+        ]
+    return [
+        dict(name="4x4 QPSK", num_tx=4, num_rx=4, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0, 16.0, 20.0],
+             classic=["zf", "lmmse", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"], ours=[(1, 1), (8, 1)],
+             train=["--train_batch_size", "256", "--max_train_steps", "1500"]),
+        dict(name="16x16 QPSK", num_tx=16, num_rx=16, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0],
+             classic=["lmmse", "kbest-4", "kbest-16", "kbest-64"], recipes=["bce"], ours=[(1, 1), (4, 1)],
+             train=["--train_batch_size", "128", "--max_train_steps", "800", "--eval_snr_db", "0,4,8,12"]),
+    ]
+
+
+def classic_detector(name: str, modulation):
+    functions = {"zf": zero_forcing, "lmmse": lmmse, "ml": maximum_likelihood}
+    if name.startswith("kbest-"):
+        k = int(name.split("-")[1])
+        return lambda y, H, n0: k_best(y, H, n0, modulation, k=k).bits
+    return lambda y, H, n0: functions[name](y, H, n0, modulation).bits
+
+
+def train_model(system: dict, recipe: str, models_dir: Path, smoke: bool) -> dict:
+    """Train (unless already trained) and return the command, the model folder and its training summary."""
+    folder = models_dir / f"{system['num_tx']}x{system['num_rx']}-{recipe}"
+    command = [sys.executable, str(TRAIN_SCRIPT), "--output_dir", str(folder), "--num_tx", str(system["num_tx"]),
+               "--num_rx", str(system["num_rx"]), "--modulation", system["modulation"], *RECIPES[recipe],
+               *COMMON_TRAIN, *system["train"], *(SMOKE_TRAIN if smoke else [])]
+    if not (folder / "training_summary.json").is_file():
+        print("training:", shlex.join(command), flush=True)
+        subprocess.run(command, check=True, capture_output=smoke)
+    summary = json.loads((folder / "training_summary.json").read_text())
+    return {"folder": str(folder), "command": shlex.join(command[1:]),
+            **{k: summary[k] for k in ("optimizer_steps", "train_seconds", "num_parameters", "final_training_loss")}}
+
+
+def snr_at_target(points: list[dict], target: float = TARGET_BER) -> float | None:
+    """SNR (dB) where the BER crosses `target`, interpolated linearly in log10(BER); None if not crossed."""
+    points = sorted(points, key=lambda p: p["snr_db"])
+    for a, b in zip(points, points[1:]):
+        if a["ber"] >= target > b["ber"] and b["ber"] > 0:
+            fraction = (math.log10(a["ber"]) - math.log10(target)) / (math.log10(a["ber"]) - math.log10(b["ber"]))
+            return round(a["snr_db"] + fraction * (b["snr_db"] - a["snr_db"]), 2)
+    return None
+
+
+def run(args) -> dict:
+    start = time.perf_counter()
+    result = {"command": "python " + shlex.join(["benchmarks/mimo_ber.py", *sys.argv[1:]]),
+              "config": {"smoke": args.smoke, "min_errors": args.min_errors, "max_bits": args.max_bits,
+                         "max_seconds": args.max_seconds, "batch_size": args.batch_size, "target_ber": TARGET_BER,
+                         "snr_definition": "SNR per receive antenna = num_tx * Es / N0; Es = 1 per complex symbol, "
+                                           "H entries CN(0, 1), noise CN(0, N0) per receive antenna"},
+              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "processor": platform.processor() or platform.machine()},
+              "systems": []}
+    for system in systems(args.smoke):
+        modulation = get_modulation(system["modulation"])
+        entry = {k: system[k] for k in ("name", "num_tx", "num_rx", "modulation", "snr_db")}
+        entry["num_bits"] = system["num_tx"] * modulation.bits_per_symbol
+        entry["models"] = {recipe: train_model(system, recipe, Path(args.models_dir), args.smoke)
+                           for recipe in system["recipes"]}
+        detectors = [(name, 0, classic_detector(name, modulation)) for name in system["classic"]]
+        for recipe in system["recipes"]:
+            pipe = BinaryFlowMIMOPipeline.from_pretrained(entry["models"][recipe]["folder"])
+            pipe.set_progress_bar_config(disable=True)
+            for steps, samples in system["ours"]:
+                detect = (lambda y, H, n0, pipe=pipe, steps=steps, samples=samples: pipe(
+                    y, H, n0, num_inference_steps=steps, num_samples=samples,
+                    generator=torch.Generator().manual_seed(0)).bits)
+                detectors.append((f"ours-{recipe} ({steps} step{'s' if steps > 1 else ''})", steps * samples, detect))
+        entry["points"] = []
+        for name, nfe, detect in detectors:
+            for snr in system["snr_db"]:
+                measured = measure_ber(detect, system["num_tx"], system["num_rx"], modulation, snr,
+                                       min_errors=args.min_errors, max_bits=args.max_bits, batch_size=args.batch_size,
+                                       max_seconds=args.max_seconds, seed=args.seed)
+                entry["points"].append({"detector": name, "nfe": nfe, **measured.to_dict()})
+                print(f"{system['name']} {name} {snr:g} dB: BER {measured.ber:.3e} ({measured.bit_errors} errors / "
+                      f"{measured.bits} bits, {measured.stopped_by})", flush=True)
+        names = list(dict.fromkeys(p["detector"] for p in entry["points"]))
+        entry["snr_at_target_ber"] = {n: snr_at_target([p for p in entry["points"] if p["detector"] == n])
+                                      for n in names}
+        entry["throughput"] = {n: round(sum(p["channel_uses"] for p in entry["points"] if p["detector"] == n)
+                                        / max(sum(p["seconds"] for p in entry["points"] if p["detector"] == n), 1e-9),
+                                        1) for n in names}
+        result["systems"].append(entry)
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def write_markdown(result: dict, path: Path):
+    lines = [f"# MIMO detection: BER vs SNR ({'smoke' if result['config']['smoke'] else 'full'} run)", "",
+             f"Command: `{result['command']}` — wall time {result['wall_seconds']} s on {result['machine']['platform']}"
+             f" ({result['machine']['cpu_count']} CPU cores, {result['machine']['torch_threads']} torch thread(s), torch {result['machine']['torch']}).", "",
+             f"SNR: {result['config']['snr_definition']}. Each point: until {result['config']['min_errors']} bit "
+             f"errors, {result['config']['max_bits']} bits or {result['config']['max_seconds']} s of detection "
+             "time (`*`: stopped by the time cap; `†`: fewer than 200 errors).", ""]
+    for entry in result["systems"]:
+        names = list(dict.fromkeys(p["detector"] for p in entry["points"]))
+        lines += [f"## {entry['name']} ({entry['num_bits']} bits per channel use)", "",
+                  "| SNR (dB) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for snr in entry["snr_db"]:
+            cells = []
+            for name in names:
+                p = next(p for p in entry["points"] if p["detector"] == name and p["snr_db"] == snr)
+                mark = "*" if p["stopped_by"] == "time" else ("†" if p["bit_errors"] < 200 else "")
+                cells.append(f"{p['ber']:.2e}{mark}")
+            lines.append(f"| {snr:g} | " + " | ".join(cells) + " |")
+        lines += ["", "| detector | NFE | SNR at BER 1e-3 (dB) | channel uses / s |", "|---|---|---|---|"]
+        for name in names:
+            nfe = next(p["nfe"] for p in entry["points"] if p["detector"] == name)
+            lines.append(f"| {name} | {nfe or '-'} | {entry['snr_at_target_ber'][name] or '-'} | "
+                         f"{entry['throughput'][name]} |")
+        lines += ["", "| model | steps | train seconds | parameters | final loss | command |", "|---|---|---|---|---|---|"]
+        for recipe, model in entry["models"].items():
+            lines.append(f"| ours-{recipe} | {model['optimizer_steps']} | {model['train_seconds']} | "
+                         f"{model['num_parameters']} | {model['final_training_loss']} | `{model['command']}` |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def write_plot(result: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(result["systems"]), figsize=(6 * len(result["systems"]), 4.5), squeeze=False)
+    for ax, entry in zip(axes[0], result["systems"]):
+        for name in dict.fromkeys(p["detector"] for p in entry["points"]):
+            points = [p for p in entry["points"] if p["detector"] == name and p["bit_errors"] > 0]
+            ax.semilogy([p["snr_db"] for p in points], [p["ber"] for p in points], marker="o",
+                        linestyle="--" if name.startswith("ours") else "-", label=name)
+        ax.axhline(TARGET_BER, color="grey", linewidth=0.5)
+        ax.set(title=entry["name"], xlabel="SNR per receive antenna (dB)", ylabel="BER")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--models_dir", default=str(ROOT / "outputs" / "mimo_ber"))
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--min_errors", type=int, default=200)
+    parser.add_argument("--max_bits", type=int, default=1_000_000)
+    parser.add_argument("--max_seconds", type=float, default=30.0, help="Detection-time cap per point.")
+    parser.add_argument("--batch_size", type=int, default=4096, help="Channel uses per Monte Carlo batch.")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.max_bits, args.batch_size, args.max_seconds = min(args.max_bits, 4096), min(args.batch_size, 256), 5.0
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = run(args)
+    (output_dir / "mimo_ber.json").write_text(json.dumps(result, indent=2))
+    write_markdown(result, output_dir / "mimo_ber.md")
+    write_plot(result, output_dir / "mimo_ber.png")
+    print((output_dir / "mimo_ber.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

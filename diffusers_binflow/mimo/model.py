@@ -1,0 +1,200 @@
+"""A conditional x-predicting denoiser for MIMO detection: a small transformer with one token per real symbol."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .channel import check_channel_inputs, get_modulation
+from .detectors import lmmse_estimate
+
+# The state's precision (1 - sigma)^2 / sigma^2 is capped here, where x_sigma already fixes the bits.
+MIN_FUSION_SIGMA = 1e-3
+# Bound of the cavity LLR the network's output is added to.
+MAX_CAVITY_LLR = 30.0
+
+
+@dataclass
+class MIMOFlowTransformerOutput(BaseOutput):
+    """
+    Args:
+        sample (`torch.Tensor` of shape (B, num_bits)): The prediction (x_hat or per-bit logits).
+    """
+
+    sample: torch.Tensor
+
+
+class AdaLNBlock(nn.Module):
+    """A pre-norm transformer block whose norms are shifted, scaled and gated by the conditioning (as in DiT)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        inner = int(hidden_size * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Linear(inner, hidden_size))
+        self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, tokens: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(nn.functional.silu(conditioning))[:, None].chunk(6, dim=-1)
+        h = self.norm1(tokens) * (1 + scale1) + shift1
+        tokens = tokens + gate1 * self.attn(h, h, h, need_weights=False)[0]
+        h = self.norm2(tokens) * (1 + scale2) + shift2
+        return tokens + gate2 * self.mlp(h)
+
+
+class MIMOFlowTransformer(ModelMixin, ConfigMixin):
+    """
+    Denoiser of the bits of one channel use, conditioned on ``(y, H, N0)`` and sigma.
+
+    There is one token per real transmitted symbol (``bits_per_real`` bits each). A token sees its noisy bits
+    ``x_sigma`` and channel features that are sufficient statistics of the linear Gaussian model, normalised so
+    that they are O(1): its matched-filter output ``[H^T y]_j``, its row of the Gram matrix ``H^T H``, the
+    bias-free LMMSE estimate and its error variance (`lmmse_estimate`), and ``log N0``. For one bit per real
+    symbol (BPSK, QPSK) a token also sees the Gaussian fusion of the two observations of the signal ``x``: the
+    channel, ``y = a H x + n`` (``a`` the symbol amplitude), and the flow state, ``x_sigma = (1 - sigma) x + sigma
+    eps`` (`fused_state_estimate`); it turns the LMMSE estimate at sigma = 1 into the state at sigma = 0. Sigma (as
+    the model timestep ``sigma * num_train_timesteps``) and ``log N0`` condition every block through adaptive
+    layer norms.
+
+    Args:
+        num_tx (`int`), num_rx (`int`): Antennas of the complex system the model detects.
+        modulation (`str`): `"bpsk"`, `"qpsk"`, `"16qam"` or `"64qam"` (see `diffusers_binflow.mimo.channel`).
+        hidden_size (`int`), num_layers (`int`), num_heads (`int`), mlp_ratio (`float`): Transformer size.
+        num_train_timesteps (`int`): The scheduler's, to read sigma off the timestep.
+        prediction_type (`str`): `"logits"` or `"sample"`, what the output is (the scheduler's). With the fused
+            estimate (one bit per real symbol) the network learns a correction to the Gaussian-cavity denoiser:
+            its output is added to the cavity LLR ``2 m_j / C_jj`` (logits) or to ``tanh(m_j / C_jj)`` (sample),
+            where ``m`` and ``C`` are the fused mean and covariance.
+
+    Called as ``model(sample, timestep, y=y, H=H, noise_var=N0)`` with ``sample (B, num_bits)``, real-valued
+    ``y (B, 2 num_rx)`` and ``H (B, 2 num_rx, n)``; returns one value per bit, of the training's prediction type.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_tx: int = 4,
+        num_rx: int = 4,
+        modulation: str = "qpsk",
+        hidden_size: int = 128,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        num_train_timesteps: int = 1000,
+        prediction_type: str = "logits",
+    ):
+        super().__init__()
+        mod = get_modulation(modulation)
+        if prediction_type not in ("logits", "sample"):
+            raise ValueError(f"prediction_type must be 'logits' or 'sample' (x-prediction), got {prediction_type!r}.")
+        if num_rx < num_tx:
+            raise ValueError(f"num_rx ({num_rx}) must be at least num_tx ({num_tx}).")
+        n = mod.num_real_symbols(num_tx)
+        self.num_symbols, self.bits_per_real = n, mod.bits_per_real
+        self.num_bits = n * mod.bits_per_real
+        self.fuses_state = mod.bits_per_real == 1
+        # noisy bits, MF, LMMSE estimate and variance, log N0, Gram row[, fused estimate and its log variance]
+        num_features = mod.bits_per_real + 4 + n + 2 * self.fuses_state
+        self.token_in = nn.Linear(num_features, hidden_size)
+        self.position = nn.Parameter(torch.randn(n, hidden_size) * 0.02)
+        self.time_proj = Timesteps(hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(hidden_size, hidden_size)
+        self.noise_embedding = nn.Sequential(nn.Linear(1, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.blocks = nn.ModuleList(AdaLNBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.modulation_out = nn.Linear(hidden_size, 2 * hidden_size)
+        self.proj_out = nn.Linear(hidden_size, mod.bits_per_real)
+        for layer in (self.modulation_out, self.proj_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def channel_features(self, y: torch.Tensor, H: torch.Tensor, noise_var) -> torch.Tensor:
+        """Per-token features of a real-valued batch, (B, n, n + 4): the conditioning that does not depend on
+        sigma, computed once per detection by the pipeline."""
+        mod = get_modulation(self.config.modulation)
+        expected = (2 * self.config.num_rx, self.num_symbols)
+        if H.ndim != 3 or tuple(H.shape[1:]) != expected:
+            raise ValueError(f"This model detects {self.config.num_tx}x{self.config.num_rx} {mod.name}: H must be "
+                             f"(B, {expected[0]}, {expected[1]}) real-valued, got {tuple(H.shape)}.")
+        noise_var = check_channel_inputs(y, H, noise_var)
+        amplitude = math.sqrt(mod.energy_per_real)
+        num_rx = self.config.num_rx
+        matched = (H.mT @ y[..., None]).squeeze(-1) / (num_rx * amplitude)
+        gram = H.mT @ H / num_rx
+        estimate, variance = lmmse_estimate(y, H, noise_var, mod)
+        log_n0 = noise_var.log()[:, None].expand(-1, self.num_symbols)
+        scalars = [matched, estimate / amplitude, (variance / mod.energy_per_real).log(), log_n0]
+        return torch.cat([torch.stack(scalars, -1), gram], -1).to(self.dtype)
+
+    def fused_state_estimate(self, sample: torch.Tensor, sigma: torch.Tensor, channel_features: torch.Tensor):
+        """The Gaussian posterior of ``x`` (prior N(0, 1)) given the channel and the state ``x_sigma``, for one bit
+        per real symbol: precision ``P = (a^2 / s^2) H^T H + ((1 - sigma)^2 / sigma^2 + 1) I`` with ``s^2 = N0 / 2``,
+        mean ``P^-1 ((a / s^2) H^T y + ((1 - sigma) / sigma^2) x_sigma)``. Returns the mean and ``log diag P^-1``,
+        each (B, n, 1)."""
+        amplitude = math.sqrt(get_modulation(self.config.modulation).energy_per_real)
+        num_rx = self.config.num_rx
+        gram = channel_features[..., 4:4 + self.num_symbols] * num_rx
+        matched = channel_features[..., 0] * num_rx * amplitude
+        noise_real = channel_features[:, 0, 3].exp()[:, None] / 2
+        sigma = sigma.clamp_min(MIN_FUSION_SIGMA)[:, None]
+        eye = torch.eye(self.num_symbols, dtype=sample.dtype, device=sample.device)
+        precision = (amplitude**2 / noise_real)[..., None] * gram + (((1 - sigma) / sigma) ** 2 + 1)[..., None] * eye
+        covariance = torch.linalg.inv(precision)
+        rhs = amplitude / noise_real * matched + (1 - sigma) / sigma**2 * sample
+        mean = (covariance @ rhs[..., None]).squeeze(-1)
+        return mean[..., None], covariance.diagonal(dim1=-2, dim2=-1).log()[..., None]
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        y: torch.Tensor | None = None,
+        H: torch.Tensor | None = None,
+        noise_var: torch.Tensor | float | None = None,
+        channel_features: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> MIMOFlowTransformerOutput | tuple:
+        """
+        Args:
+            sample (`torch.Tensor` of shape (B, num_bits)): The noisy signal ``x_sigma``.
+            timestep (`torch.Tensor` of shape (B,) or a scalar): ``sigma * num_train_timesteps``.
+            y, H, noise_var: The real-valued observation (see the class docstring) and N0.
+            channel_features (`torch.Tensor`, *optional*): `channel_features(y, H, noise_var)`, precomputed.
+            return_dict (`bool`): Return a [`MIMOFlowTransformerOutput`] rather than a tuple.
+        """
+        if channel_features is None:
+            if y is None or H is None or noise_var is None:
+                raise ValueError("Pass `y`, `H` and `noise_var` (or precomputed `channel_features`).")
+            channel_features = self.channel_features(y, H, noise_var)
+        batch = sample.shape[0]
+        if sample.shape != (batch, self.num_bits) or channel_features.shape[:2] != (batch, self.num_symbols):
+            raise ValueError(f"Expected sample (B, {self.num_bits}) and channel features (B, {self.num_symbols}, "
+                             f"...) for the same B; got {tuple(sample.shape)} and {tuple(channel_features.shape)}.")
+        timestep = torch.as_tensor(timestep, device=sample.device, dtype=sample.dtype).expand(batch)
+        log_n0 = channel_features[:, :1, 3:4].reshape(batch, 1)
+        conditioning = self.time_embedding(self.time_proj(timestep).to(sample.dtype)) + self.noise_embedding(log_n0)
+        tokens = sample.view(batch, self.num_symbols, self.bits_per_real)
+        inputs, skip = [tokens, channel_features], 0
+        if self.fuses_state:
+            mean, log_variance = self.fused_state_estimate(sample, timestep / self.config.num_train_timesteps,
+                                                           channel_features)
+            inputs += [mean, log_variance]
+            cavity_llr = (2 * mean.squeeze(-1) / log_variance.squeeze(-1).exp()).clamp(-MAX_CAVITY_LLR, MAX_CAVITY_LLR)
+            skip = cavity_llr if self.config.prediction_type == "logits" else torch.tanh(cavity_llr / 2)
+        hidden = self.token_in(torch.cat(inputs, -1)) + self.position
+        for block in self.blocks:
+            hidden = block(hidden, conditioning)
+        shift, scale = self.modulation_out(nn.functional.silu(conditioning))[:, None].chunk(2, dim=-1)
+        output = self.proj_out(self.norm_out(hidden) * (1 + scale) + shift).reshape(batch, self.num_bits) + skip
+        if not return_dict:
+            return (output,)
+        return MIMOFlowTransformerOutput(sample=output)

@@ -1,0 +1,160 @@
+"""Detect the bits of MIMO channel uses by sampling their posterior with a conditional binary flow model."""
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..bits import signal_to_bits, signal_to_probabilities
+from ..flow import predict_x0
+from ..mimo.channel import complex_to_real, get_modulation
+from ..mimo.model import (
+    MIMOFlowTransformer,  # imported here so that loading a saved pipeline finds the class
+)
+from ..schedulers import BinaryFlowMatchScheduler
+from .hub_loading import BinflowHubMixin
+
+AGGREGATIONS = ("mean", "vote")
+
+
+@dataclass
+class MIMODetectionOutput(BaseOutput):
+    """
+    Args:
+        bits (`torch.Tensor` of shape (B, num_bits)): The detected bits, 0/1.
+        probabilities (`torch.Tensor` of shape (B, num_bits)): P(bit = 1) given (y, H, N0).
+        sample_bits (`torch.Tensor` of shape (B, num_samples, num_bits)): The bits of each posterior sample.
+    """
+
+    bits: torch.Tensor
+    probabilities: torch.Tensor
+    sample_bits: torch.Tensor
+
+
+class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
+    """
+    MIMO detection by conditional binary flow matching (arXiv 2602.10420): for each channel use, integrate from
+    noise at sigma = 1 to bits at sigma = 0, the denoiser seeing ``(y, H, N0)`` throughout.
+
+    Args:
+        model ([`~diffusers_binflow.mimo.model.MIMOFlowTransformer`]):
+            The conditional denoiser; its config fixes the antennas and the modulation it detects.
+        scheduler ([`BinaryFlowMatchScheduler`]):
+            The ODE solver; its `prediction_type` says what the model outputs (`"sample"` or `"logits"`).
+
+    Inputs follow `diffusers_binflow.mimo.channel`: complex ``y (B, num_rx)`` and ``H (B, num_rx, num_tx)``, or
+    their real-valued equivalents ``(B, 2 num_rx)`` and ``(B, 2 num_rx, n)``; ``noise_var`` is N0, the complex
+    noise variance per receive antenna (a float or one per channel use).
+    """
+
+    model_cpu_offload_seq = "model"
+
+    def __init__(self, model, scheduler):
+        super().__init__()
+        self.register_modules(model=model, scheduler=scheduler)
+
+
+    @property
+    def modulation(self) -> str:
+        return self.model.config.modulation
+
+    def check_inputs(self, y, H, modulation, num_inference_steps, num_samples, aggregation, generator):
+        if not isinstance(self.model, MIMOFlowTransformer):
+            raise ValueError(f"The model must be a MIMOFlowTransformer, got {type(self.model).__name__}.")
+        if not isinstance(self.scheduler, BinaryFlowMatchScheduler):
+            raise ValueError(f"{type(self.scheduler).__name__} is not supported; use BinaryFlowMatchScheduler.")
+        if modulation is not None and get_modulation(modulation).name != self.modulation:
+            raise ValueError(f"The model was trained for {self.modulation}, not {get_modulation(modulation).name}.")
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_samples", num_samples)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value}.")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"Unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}.")
+        if y.is_complex() != H.is_complex():
+            raise ValueError("Pass y and H both complex or both real-valued.")
+        if y.is_complex():
+            config = self.model.config
+            if y.ndim != 2 or H.ndim != 3 or H.shape[0] != y.shape[0] or H.shape[1] != y.shape[1]:
+                raise ValueError(f"Complex y must be (B, num_rx) and H (B, num_rx, num_tx) with the same B and "
+                                 f"num_rx; got y {tuple(y.shape)} and H {tuple(H.shape)}.")
+            if tuple(H.shape[1:]) != (config.num_rx, config.num_tx):
+                raise ValueError(f"This model detects num_tx={config.num_tx}, num_rx={config.num_rx}; H has "
+                                 f"num_rx={H.shape[1]}, num_tx={H.shape[2]}.")
+        if isinstance(generator, list) and len(generator) != y.shape[0]:
+            raise ValueError(f"Got {len(generator)} generators for {y.shape[0]} channel uses.")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        y: torch.Tensor,
+        H: torch.Tensor,
+        noise_var: float | torch.Tensor,
+        modulation: str | None = None,
+        num_inference_steps: int = 8,
+        num_samples: int = 1,
+        aggregation: str = "mean",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> MIMODetectionOutput | tuple:
+        """
+        Detect the transmitted bits.
+
+        Args:
+            y, H (`torch.Tensor`): The observation and the channel (complex, or real-valued; see the class docs).
+            noise_var (`float` or `torch.Tensor` of shape (B,)): N0.
+            modulation (`str`, *optional*): Checked against the model's (an error if it differs).
+            num_inference_steps (`int`): ODE steps per sample; the model is evaluated this many times per sample
+                (Euler; Heun takes ``2 N - 1``).
+            num_samples (`int`): Posterior samples per channel use.
+            aggregation (`str`): How samples combine: `"mean"` averages each sample's P(bit = 1) (read off its last
+                x_hat) and thresholds at 1/2; `"vote"` takes the majority of the samples' bits (ties go to
+                `"mean"`) and reports the share of votes as the probability.
+            generator (`torch.Generator` or a list of them, one per channel use, *optional*): Seeds the noise; with
+                a list, channel use i equals a single-use call with generator i.
+            return_dict (`bool`): Return a [`MIMODetectionOutput`] rather than a tuple.
+        """
+        y, H = torch.as_tensor(y), torch.as_tensor(H)
+        self.check_inputs(y, H, modulation, num_inference_steps, num_samples, aggregation, generator)
+        device, dtype = self._execution_device, self.model.dtype
+        if y.is_complex():
+            y, H = complex_to_real(y, H, self.modulation)
+        features = self.model.channel_features(y.to(device, dtype), H.to(device, dtype),
+                                               torch.as_tensor(noise_var, dtype=dtype).to(device))
+        batch, num_bits = y.shape[0], self.model.num_bits
+        features = features.repeat_interleave(num_samples, dim=0)
+
+        # 1. Noise at sigma = 1, num_samples draws per channel use
+        if isinstance(generator, list):
+            latents = torch.cat([randn_tensor((num_samples, num_bits), generator=g, device=device, dtype=dtype)
+                                 for g in generator])
+        else:
+            latents = randn_tensor((batch * num_samples, num_bits), generator=generator, device=device, dtype=dtype)
+
+        # 2. Integrate from noise to bits
+        if isinstance(generator, list):  # the scheduler's draws (Bernoulli final step) take one generator per row
+            generator = [g for g in generator for _ in range(num_samples)]
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        prediction_type, bit_scale = self.scheduler.config.prediction_type, self.scheduler.config.bit_scale
+        x0 = latents
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_output = self.model(latents, t.expand(latents.shape[0]), channel_features=features,
+                                      return_dict=False)[0]
+            x0 = predict_x0(model_output, latents, t / self.scheduler.config.num_train_timesteps, prediction_type,
+                            bit_scale)
+            latents = self.scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+
+        # 3. Combine the samples
+        self.maybe_free_model_hooks()
+        sample_bits = signal_to_bits(latents).view(batch, num_samples, num_bits)
+        mean_probabilities = signal_to_probabilities(x0, bit_scale).view(batch, num_samples, num_bits).mean(1)
+        if aggregation == "mean":
+            probabilities = mean_probabilities
+            bits = (probabilities > 0.5).to(dtype)
+        else:
+            probabilities = sample_bits.mean(1)
+            bits = torch.where(probabilities == 0.5, mean_probabilities > 0.5, probabilities > 0.5).to(dtype)
+        if not return_dict:
+            return (bits, probabilities, sample_bits)
+        return MIMODetectionOutput(bits=bits, probabilities=probabilities, sample_bits=sample_bits)

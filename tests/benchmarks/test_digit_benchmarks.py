@@ -1,0 +1,145 @@
+"""The digit benchmarks (alignment grid, peers vs NFE, cost): the corruptions and samplers they compare behave as
+documented, and each smoke run writes well-formed results."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import digit_runs
+import PIL.Image
+import pytest
+import torch
+from digit_runs import METHODS
+
+from tests.helpers import numbers
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+HAVE_META = importlib.util.find_spec("flow_matching") is not None
+NEEDS_META = pytest.mark.skipif(not HAVE_META, reason="Meta's flow_matching (extra `peers`) is not installed")
+
+
+def run_smoke(script: str, out: Path, *extra: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", "--output_dir", str(out), *extra],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def check_png(path: Path):
+    with PIL.Image.open(path) as image:
+        image.verify()
+    with PIL.Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+
+
+# ------------------------------------------------------------------------------------------- the peers' mechanics
+
+
+def test_uniform_flip_corruption_follows_its_survival_probability():
+    """A bit survives with probability 1 - t and is otherwise a fair coin: P(changed) = t / 2."""
+    method = METHODS["uniform-flip"]
+    bits = (torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def forward(self, sample, timestep, return_dict=False):
+            seen["sample"], seen["timestep"] = sample, timestep
+            return (torch.zeros_like(sample, requires_grad=True),)
+
+    loss, noise_level, _ = digit_runs.discrete_loss(method, Probe(), bits, torch.Generator().manual_seed(1))
+    changed = (seen["sample"] != 2 * bits - 1).float().flatten(1).mean(1)
+    torch.testing.assert_close(seen["timestep"], noise_level * 1000)
+    slope = (changed * noise_level).sum() / (noise_level**2).sum()  # least squares through 0
+    assert abs(slope.item() - 0.5) < 0.02
+    torch.testing.assert_close(loss, torch.tensor(math.log(2)))  # zero logits: BCE = log 2 everywhere
+
+
+@NEEDS_META
+def test_mask_source_inputs_show_masked_bits_as_zero_with_a_mask_channel():
+    method = METHODS["dfm-mask"]
+    state = torch.tensor([0, 1, digit_runs.MASK, 1]).view(1, 1, 2, 2)
+    inputs = digit_runs.discrete_inputs(method, state)
+    assert inputs.shape == (1, 2, 2, 2)
+    assert inputs[0, 0].flatten().tolist() == [-1.0, 1.0, 0.0, 1.0]
+    assert inputs[0, 1].flatten().tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("key", ["x-mse", "rf-fm-euler", "uniform-flip", pytest.param("dfm-mask", marks=NEEDS_META)])
+def test_generate_is_binary_seeded_and_cached_runs_reload(key, tmp_path):
+    torch.set_num_threads(1)
+    run = digit_runs.train(METHODS[key], seed=0, steps=3, batch_size=4, cache_dir=tmp_path)
+    again = digit_runs.train(METHODS[key], seed=0, steps=3, batch_size=4, cache_dir=tmp_path)  # from the cache
+    for a, b in zip(run.model.parameters(), again.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert run.record == again.record and run.record["steps_done"] == 3
+    first = digit_runs.generate(run, 5, nfe=2, seed=7, chunk=3)
+    assert first.shape == (5, 1, 28, 28) and set(first.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(digit_runs.generate(again, 5, nfe=2, seed=7, chunk=3), first, rtol=0, atol=0)
+
+
+def test_methods_that_differ_only_in_the_sampler_share_a_training_run(tmp_path):
+    assert digit_runs.run_dir(tmp_path, METHODS["rf-fm-euler"], 0, 10, 4) == digit_runs.run_dir(
+        tmp_path, METHODS["rf"], 0, 10, 4)
+    assert digit_runs.run_dir(tmp_path, METHODS["x-mse"], 0, 10, 4) != digit_runs.run_dir(
+        tmp_path, METHODS["x-bce"], 0, 10, 4)
+
+
+# --------------------------------------------------------------------------------------------------- smoke runs
+
+
+def test_alignment_digits_smoke(tmp_path):
+    stdout = run_smoke("alignment_digits.py", tmp_path, "--cache_dir", str(tmp_path / "cache"))
+    result = json.loads((tmp_path / "alignment_digits.json").read_text())
+    assert {"command", "machine", "config", "floor", "cells", "wall_seconds"} <= result.keys()
+    assert [c["key"] for c in result["cells"]] == ["x-mse", "v-loss"]
+    for cell in result["cells"]:
+        assert cell["n_seeds"] == len(cell["runs"]) == 1 and cell["n_diverged"] == 0
+        assert set(cell["metrics"]) >= {"fd", "precision", "recall", "class_coverage", "speckle_rate"}
+        assert cell["metrics"]["fd"]["mean"] > result["floor"]["fd"] > 0  # 20 steps are far from real digits
+        bins = cell["output_grad_norm_per_sigma_bin"]
+        assert len(bins) == 10 and sum(b["count"] for b in bins) == 20 * 8
+    assert all(math.isfinite(x) for x in numbers(result))
+    slopes = {c["key"]: c["output_grad_p50_loglog_slope_small_sigma"] for c in result["cells"]}
+    assert slopes["v-loss"] < -1 < slopes["x-mse"]  # the sigma^-2 growth shows even in 20 steps
+    table = (tmp_path / "alignment_digits.md").read_text()
+    assert "| x-pred + v-loss (no clamp), uniform | 0/1 |" in table and "Real-data floor" in table
+    assert table.strip() in stdout
+    check_png(tmp_path / "alignment_digits.png")
+    # --cached_only reports the runs already trained, from the cache: the same scores
+    run_smoke("alignment_digits.py", tmp_path / "again", "--cache_dir", str(tmp_path / "cache"), "--cached_only")
+    again = json.loads((tmp_path / "again" / "alignment_digits.json").read_text())
+    assert [c["n_seeds"] for c in again["cells"]] == [1, 1] and again["config"]["cached_only"]
+    assert [c["metrics"]["fd"] for c in again["cells"]] == [c["metrics"]["fd"] for c in result["cells"]]
+    assert "at most" in (tmp_path / "again" / "alignment_digits.md").read_text()
+
+
+def test_peers_digits_smoke(tmp_path):
+    run_smoke("peers_digits.py", tmp_path, "--cache_dir", str(tmp_path / "cache"))
+    result = json.loads((tmp_path / "peers_digits.json").read_text())
+    expected = ["x-mse", "jit", "rf-fm-euler", "uniform-flip"] + (["dfm-uniform", "dfm-mask"] if HAVE_META else [])
+    assert [m["key"] for m in result["methods"]] == expected
+    assert result["skipped"] == ([] if HAVE_META else ["dfm-uniform", "dfm-mask"])
+    for method in result["methods"]:
+        assert set(method["per_nfe"]) == {"1", "2"}  # JSON keys
+        for scores in method["per_nfe"].values():
+            assert scores["fd"]["mean"] > 0 and 0 < scores["seconds_per_sample"]["mean"] < 10
+            assert 0 <= scores["precision"]["mean"] <= 1 and 0 <= scores["recall"]["mean"] <= 1
+    assert all(math.isfinite(x) for x in numbers(result))
+    table = (tmp_path / "peers_digits.md").read_text()
+    assert table.count("| x-pred + x-MSE, uniform |") == 3  # FD, seconds, precision / recall tables
+    check_png(tmp_path / "peers_digits.png")
+
+
+def test_cost_smoke(tmp_path):
+    run_smoke("cost.py", tmp_path)
+    result = json.loads((tmp_path / "cost.json").read_text())
+    for part in ("training", "sampling"):
+        side = result[part]
+        assert len(side["ours_all"]) == len(side["plain_all"]) == 3
+        assert side["ratio"] == pytest.approx(side["ours_seconds"] / side["plain_seconds"])
+        assert 0.2 < side["ratio"] < 5  # the same network dominates both sides
+    assert 0 < result["training"]["loss_share"] < 0.5 and 0 < result["sampling"]["scheduler_share"] < 0.5
+    assert "ratio (ours / plain)" in (tmp_path / "cost.md").read_text()

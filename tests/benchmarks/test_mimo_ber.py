@@ -1,0 +1,68 @@
+"""benchmarks/mimo_ber.py: the smoke run trains its models with the training script and writes well-formed results."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "mimo_ber.py"
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("mimo_ber", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mimo_ber")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output_dir", str(out), "--models_dir",
+                           str(out / "models")], check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "mimo_ber.json").read_text())
+
+
+def test_smoke_json_has_every_detector_at_every_snr(smoke):
+    _, result = smoke
+    assert result["config"]["smoke"] and "SNR per receive antenna" in result["config"]["snr_definition"]
+    assert {"command", "machine", "wall_seconds", "systems"} <= result.keys()
+    (system,) = result["systems"]
+    names = {p["detector"] for p in system["points"]}
+    assert {"zf", "lmmse", "ml", "kbest-4"} <= names
+    assert {f"ours-{r} (1 step)" for r in ("bce", "mse", "vloss")} <= names
+    assert len(system["points"]) == len(names) * len(system["snr_db"])
+    for p in system["points"]:
+        assert 0 <= p["ber"] <= 1 and p["bits"] > 0 and p["stopped_by"] in ("errors", "bits", "time")
+        assert math.isclose(p["ber"], p["bit_errors"] / p["bits"])
+        assert p["nfe"] == (0 if not p["detector"].startswith("ours") else int(p["detector"].split("(")[1][0]))
+    for model in system["models"].values():
+        assert model["optimizer_steps"] == 3 and "train_mimo.py" in model["command"]
+
+
+def test_ml_is_never_beaten_by_the_linear_detectors_on_the_same_channels(smoke):
+    _, result = smoke
+    points = {(p["detector"], p["snr_db"]): p for p in result["systems"][0]["points"]}
+    for snr in result["systems"][0]["snr_db"]:
+        assert points[("ml", snr)]["ber"] <= points[("zf", snr)]["ber"]
+
+
+def test_smoke_markdown_and_plot(smoke):
+    out, result = smoke
+    markdown = (out / "mimo_ber.md").read_text()
+    assert result["command"] in markdown and "| SNR (dB) |" in markdown and "channel uses / s" in markdown
+    with PIL.Image.open(out / "mimo_ber.png") as image:
+        assert image.width > 300 and image.height > 200
+
+
+def test_snr_at_target_interpolates_in_log_ber():
+    module = load_module()
+    points = [{"snr_db": 10.0, "ber": 1e-2}, {"snr_db": 20.0, "ber": 1e-4}]
+    assert module.snr_at_target(points) == 15.0
+    assert module.snr_at_target([{"snr_db": 0.0, "ber": 0.1}, {"snr_db": 5.0, "ber": 0.05}]) is None

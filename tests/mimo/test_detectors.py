@@ -1,0 +1,114 @@
+"""Classic detectors: ML equals brute force, LMMSE equals its direct formula, K-best and soft outputs behave."""
+
+import itertools
+
+import pytest
+import torch
+
+from diffusers_binflow.mimo import (
+    get_modulation,
+    k_best,
+    lmmse,
+    lmmse_estimate,
+    maximum_likelihood,
+    simulate,
+    zero_forcing,
+)
+
+
+def brute_force_ml(y, H, modulation):
+    """ML of one channel use by a Python loop over every combination of PAM levels."""
+    levels, labels = get_modulation(modulation).constellation(dtype=y.dtype)
+    best = min(itertools.product(range(len(levels)), repeat=H.shape[-1]),
+               key=lambda combo: float(((y - H @ levels[list(combo)]) ** 2).sum()))
+    return labels[list(best)].flatten()
+
+
+def brute_force_llrs(y, H, noise_var, modulation):
+    modulation = get_modulation(modulation)
+    num_bits = H.shape[-1] * modulation.bits_per_real
+    log_liks = {}
+    for bits in itertools.product([0.0, 1.0], repeat=num_bits):
+        s = modulation.bits_to_symbols(torch.tensor(bits, dtype=y.dtype))
+        log_liks[bits] = -float(((y - H @ s) ** 2).sum()) / noise_var
+    llrs = []
+    for i in range(num_bits):
+        ones = torch.logsumexp(torch.tensor([v for b, v in log_liks.items() if b[i] == 1]), 0)
+        zeros = torch.logsumexp(torch.tensor([v for b, v in log_liks.items() if b[i] == 0]), 0)
+        llrs.append(float(ones - zeros))
+    return torch.tensor(llrs, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("modulation,num_tx,num_rx", [("bpsk", 3, 2), ("qpsk", 2, 2), ("16qam", 1, 2)])
+def test_ml_equals_brute_force(modulation, num_tx, num_rx):
+    batch = simulate(12, num_tx, num_rx, modulation, 3.0, generator=torch.Generator().manual_seed(0))
+    y, H = batch.y.double(), batch.H.double()
+    out = maximum_likelihood(y, H, batch.noise_var.double(), modulation)
+    for i in range(12):
+        assert torch.equal(out.bits[i], brute_force_ml(y[i], H[i], modulation))
+        assert torch.allclose(out.llrs[i], brute_force_llrs(y[i], H[i], float(batch.noise_var[i]), modulation),
+                              atol=1e-6)
+
+
+def test_ml_chunks_agree_with_one_pass():
+    batch = simulate(50, 2, 2, "qpsk", 5.0, generator=torch.Generator().manual_seed(1))
+    whole = maximum_likelihood(batch.y, batch.H, batch.noise_var, "qpsk")
+    chunked = maximum_likelihood(batch.y, batch.H, batch.noise_var, "qpsk", max_elements=64)
+    assert torch.equal(whole.bits, chunked.bits) and torch.allclose(whole.llrs, chunked.llrs)
+
+
+def test_ml_refuses_systems_beyond_enumeration():
+    batch = simulate(2, 16, 16, "qpsk", 5.0)
+    with pytest.raises(ValueError, match="k_best"):
+        maximum_likelihood(batch.y, batch.H, batch.noise_var, "qpsk")
+
+
+def test_lmmse_matches_the_direct_formula():
+    """E[s y^T] E[y y^T]^-1 y = Es H^T (Es H H^T + (N0/2) I)^-1 y, the other side of the matrix inversion lemma."""
+    modulation = get_modulation("16qam")
+    batch = simulate(8, 3, 4, modulation, 8.0, generator=torch.Generator().manual_seed(2))
+    y, H, n0 = batch.y.double(), batch.H.double(), batch.noise_var.double()
+    estimate, variance = lmmse_estimate(y, H, n0, modulation)
+    es = modulation.energy_per_real
+    for i in range(8):
+        W = es * H[i].T @ torch.linalg.inv(es * H[i] @ H[i].T + n0[i] / 2 * torch.eye(H.shape[1], dtype=H.dtype))
+        mu = torch.diagonal(W @ H[i])
+        assert torch.allclose(estimate[i], W @ y[i] / mu, atol=1e-9)
+        # the error of the bias-free estimate: Es (1 - mu) / mu
+        assert torch.allclose(variance[i], es * (1 - mu) / mu, atol=1e-9)
+
+
+def test_linear_detectors_are_exact_without_noise():
+    batch = simulate(30, 3, 4, "16qam", 200.0, generator=torch.Generator().manual_seed(3))
+    for detector in (zero_forcing, lmmse, k_best):
+        assert torch.equal(detector(batch.y, batch.H, batch.noise_var, "16qam").bits, batch.bits)
+
+
+def test_k_best_with_a_full_list_is_ml_and_smaller_lists_are_no_better():
+    batch = simulate(400, 3, 3, "qpsk", 6.0, generator=torch.Generator().manual_seed(4))
+    ml = maximum_likelihood(batch.y, batch.H, batch.noise_var, "qpsk")
+    full = k_best(batch.y, batch.H, batch.noise_var, "qpsk", k=64)
+    assert torch.equal(full.bits, ml.bits)
+    errors = lambda out: int((out.bits != batch.bits).sum())  # noqa: E731
+    assert errors(k_best(batch.y, batch.H, batch.noise_var, "qpsk", k=1)) >= errors(ml)
+
+
+def test_soft_outputs_are_calibrated_probabilities():
+    batch = simulate(4000, 2, 2, "qpsk", 4.0, generator=torch.Generator().manual_seed(5))
+    for detector in (maximum_likelihood, lmmse):
+        p = detector(batch.y, batch.H, batch.noise_var, "qpsk").probabilities
+        confident = (p - 0.5).abs() > 0.4
+        # where a detector says >= 90% sure, it is right about that often
+        accuracy = ((p[confident] > 0.5).float() == batch.bits[confident]).float().mean()
+        assert accuracy > 0.88
+
+
+@pytest.mark.parametrize("detector", [zero_forcing, lmmse, maximum_likelihood, k_best])
+def test_bad_input_is_refused(detector):
+    batch = simulate(4, 2, 2, "qpsk", 5.0)
+    with pytest.raises(ValueError, match="disagree"):
+        detector(batch.y[:, :3], batch.H, batch.noise_var, "qpsk")
+    with pytest.raises(ValueError, match="non-finite"):
+        detector(batch.y * float("nan"), batch.H, batch.noise_var, "qpsk")
+    with pytest.raises(ValueError, match="positive"):
+        detector(batch.y, batch.H, -1.0, "qpsk")

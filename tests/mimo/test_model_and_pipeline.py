@@ -1,0 +1,157 @@
+"""The conditional denoiser and BinaryFlowMIMOPipeline: save/load, determinism, sample aggregation, bad input,
+and a push to the test Hub loaded back in a fresh process."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from diffusers_binflow.mimo import get_modulation, simulate
+from diffusers_binflow.mimo.model import MIMOFlowTransformer
+from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
+from diffusers_binflow.schedulers import BinaryFlowMatchScheduler
+from tests.hub_client import run_client
+
+
+def tiny_pipeline(modulation="qpsk", prediction_type="logits", num_tx=2, num_rx=2, seed=0):
+    torch.manual_seed(seed)
+    model = MIMOFlowTransformer(num_tx=num_tx, num_rx=num_rx, modulation=modulation, hidden_size=16, num_layers=1,
+                                num_heads=2, prediction_type=prediction_type)
+    with torch.no_grad():  # the zero-initialised output layers would hide the network from the tests
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pipe = BinaryFlowMIMOPipeline(model=model.eval(), scheduler=BinaryFlowMatchScheduler(prediction_type=prediction_type))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def channel(num=6, num_tx=2, num_rx=2, modulation="qpsk", snr_db=10.0, seed=1):
+    return simulate(num, num_tx, num_rx, modulation, snr_db, generator=torch.Generator().manual_seed(seed))
+
+
+def detect(pipe, batch, seed=0, **kwargs):
+    return pipe(batch.y, batch.H, batch.noise_var, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+@pytest.mark.parametrize("modulation", ["qpsk", "16qam"])
+def test_model_output_has_one_value_per_bit(modulation):
+    pipe, batch = tiny_pipeline(modulation), channel(modulation=modulation)
+    out = pipe.model(torch.randn_like(batch.bits), torch.full((6,), 500.0), y=batch.y, H=batch.H,
+                     noise_var=batch.noise_var)
+    assert out.sample.shape == batch.bits.shape == (6, 2 * 2 * get_modulation(modulation).bits_per_real)
+
+
+def test_model_saves_and_loads_like_a_diffusers_model(tmp_path):
+    pipe, batch = tiny_pipeline(), channel()
+    pipe.model.save_pretrained(tmp_path / "model")
+    loaded = MIMOFlowTransformer.from_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["modulation"] == "qpsk"
+    args = (torch.randn_like(batch.bits), torch.full((6,), 300.0))
+    kwargs = dict(y=batch.y, H=batch.H, noise_var=batch.noise_var)
+    assert torch.equal(pipe.model(*args, **kwargs).sample, loaded(*args, **kwargs).sample)
+
+
+def test_pipeline_saves_and_loads(tmp_path):
+    pipe, batch = tiny_pipeline(), channel()
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = BinaryFlowMIMOPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(detect(pipe, batch, num_inference_steps=3).probabilities,
+                       detect(loaded, batch, num_inference_steps=3).probabilities)
+
+
+def test_pipeline_is_deterministic_given_the_generator():
+    pipe, batch = tiny_pipeline(), channel()
+    a, b = detect(pipe, batch, num_inference_steps=4), detect(pipe, batch, num_inference_steps=4)
+    assert torch.equal(a.bits, b.bits) and torch.equal(a.probabilities, b.probabilities)
+    assert not torch.equal(a.probabilities, detect(pipe, batch, seed=5, num_inference_steps=4).probabilities)
+
+
+def test_a_list_of_generators_makes_each_channel_use_independent_of_the_batch():
+    pipe, batch = tiny_pipeline(), channel(num=3)
+    together = pipe(batch.y, batch.H, batch.noise_var, num_inference_steps=3, num_samples=2,
+                    generator=[torch.Generator().manual_seed(i) for i in range(3)])
+    alone = pipe(batch.y[1:2], batch.H[1:2], batch.noise_var[1:2], num_inference_steps=3, num_samples=2,
+                 generator=[torch.Generator().manual_seed(1)])
+    assert torch.allclose(together.probabilities[1:2], alone.probabilities, atol=1e-6)
+
+
+def test_outputs_are_bits_probabilities_and_samples():
+    pipe, batch = tiny_pipeline(), channel()
+    out = detect(pipe, batch, num_inference_steps=3, num_samples=5)
+    assert out.bits.shape == out.probabilities.shape == (6, 4) and out.sample_bits.shape == (6, 5, 4)
+    assert set(out.bits.unique().tolist()) <= {0.0, 1.0} and set(out.sample_bits.unique().tolist()) <= {0.0, 1.0}
+    assert ((out.probabilities >= 0) & (out.probabilities <= 1)).all()
+    assert torch.equal(out.bits, (out.probabilities > 0.5).float())
+
+
+def test_vote_takes_the_majority_of_the_samples():
+    pipe, batch = tiny_pipeline(), channel()
+    out = detect(pipe, batch, num_inference_steps=3, num_samples=5, aggregation="vote")
+    assert torch.equal(out.probabilities, out.sample_bits.mean(1))
+    assert torch.equal(out.bits, (out.sample_bits.sum(1) >= 3).float())
+
+
+def test_complex_inputs_equal_their_real_equivalent():
+    pipe = tiny_pipeline()
+    generator = torch.Generator().manual_seed(2)
+    H = torch.randn(4, 2, 2, dtype=torch.complex64, generator=generator)
+    y = torch.randn(4, 2, dtype=torch.complex64, generator=generator)
+    from diffusers_binflow.mimo import complex_to_real
+
+    y_r, H_r = complex_to_real(y, H, "qpsk")
+    a = pipe(y, H, 0.5, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    b = pipe(y_r, H_r, 0.5, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.probabilities, b.probabilities)
+
+
+def test_a_perfect_channel_is_detected_without_error_by_the_cavity_prior():
+    """The untrained network adds nothing to the Gaussian-cavity denoiser, which is exact without noise."""
+    model = MIMOFlowTransformer(num_tx=2, num_rx=2, modulation="qpsk", hidden_size=16, num_layers=1, num_heads=2)
+    pipe = BinaryFlowMIMOPipeline(model=model, scheduler=BinaryFlowMatchScheduler(prediction_type="logits"))
+    batch = channel(num=50, snr_db=60.0)
+    assert torch.equal(detect(pipe, batch, num_inference_steps=4).bits, batch.bits)
+
+
+def test_bad_input_is_refused_with_a_reason():
+    pipe, batch = tiny_pipeline(), channel()
+    with pytest.raises(ValueError, match="disagree"):
+        detect(pipe, type(batch)(**{**batch, "y": batch.y[:4]}))
+    with pytest.raises(ValueError, match="trained for qpsk"):
+        detect(pipe, batch, modulation="16qam")
+    with pytest.raises(ValueError, match="non-finite"):
+        pipe(batch.y * float("inf"), batch.H, batch.noise_var)
+    other = channel(num_tx=3, num_rx=3)
+    with pytest.raises(ValueError, match="2x2 qpsk"):
+        detect(pipe, other)
+    with pytest.raises(ValueError, match="num_tx=2, num_rx=2"):
+        pipe(torch.randn(2, 3, dtype=torch.complex64), torch.randn(2, 3, 3, dtype=torch.complex64), 1.0)
+    with pytest.raises(ValueError, match="aggregation"):
+        detect(pipe, batch, aggregation="median")
+
+
+def test_push_to_hub_and_load_in_a_fresh_process(session_hub, tmp_path):
+    pipe, batch = tiny_pipeline(), channel()
+    pipe.push_to_hub("tester/mimo-tiny")
+    files = session_hub.files("tester/mimo-tiny")
+    assert json.loads(files["model_index.json"])["_class_name"] == ["pipeline_binary_flow_mimo",
+                                                                     "BinaryFlowMIMOPipeline"]
+    assert {"pipeline_binary_flow_mimo.py", "model/diffusers_binflow.mimo.model.py",
+            "model/diffusion_pytorch_model.safetensors"} <= set(files)
+    expected = detect(pipe, batch, num_inference_steps=3).probabilities
+    torch.save({"y": batch.y, "H": batch.H, "n0": batch.noise_var}, tmp_path / "batch.pt")
+    out = run_client(session_hub, tmp_path, textwrap.dedent("""
+        import torch, diffusers_binflow
+        from diffusers import DiffusionPipeline
+        from diffusers_binflow import pipelines
+        b = torch.load("batch.pt")
+        results = {}
+        for name, pipe in (("ours", pipelines.BinaryFlowMIMOPipeline.from_pretrained("tester/mimo-tiny")),
+                           ("generic", DiffusionPipeline.from_pretrained("tester/mimo-tiny", trust_remote_code=True))):
+            pipe.set_progress_bar_config(disable=True)
+            out = pipe(b["y"], b["H"], b["n0"], num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+            results[name] = out.probabilities.tolist()
+        emit(results)
+    """))
+    assert torch.allclose(torch.tensor(out["ours"]), expected) and out["ours"] == out["generic"]

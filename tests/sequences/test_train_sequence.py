@@ -1,0 +1,180 @@
+"""train_scripts/train_sequence.py end to end, in subprocesses as users run it: tiny model, a few steps.
+
+Runs check behaviour (outputs, exact resumption, text files with their own tokenizers, publishing, refusals), not
+quality. The Hub is tests/hub_server.py (see conftest.py).
+"""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.hub_client import run_client
+
+SCRIPT = Path(__file__).resolve().parents[2] / "train_scripts" / "train_sequence.py"
+TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("configs") / "tiny_sequence.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def command(output_dir, tiny_config, *extra):
+    return [sys.executable, str(SCRIPT), "--output_dir", str(output_dir), "--model_config", tiny_config,
+            "--max_operand", "9", "--train_batch_size", "8", "--max_train_steps", "4", "--num_inference_steps", "2",
+            "--num_validation_samples", "8", "--validation_steps", "2", "--logging_steps", "2",
+            "--checkpointing_steps", "2", *extra]
+
+
+def train(output_dir, tiny_config, *extra):
+    proc = subprocess.run(command(output_dir, tiny_config, *extra), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def denoiser_weights(folder: Path) -> dict:
+    return load_file(str(folder / "denoiser" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, tiny_config, session_hub):
+    """A run on the bundled arithmetic task (4 steps, checkpoints at 2 and 4), pushed to the test Hub."""
+    output_dir = tmp_path_factory.mktemp("runs") / "arithmetic"
+    proc = train(output_dir, tiny_config, "--push_to_hub", "--hub_model_id", "tester/arithmetic-tiny",
+                 "--hub_token", "hf_secret_sequence_token")
+    return output_dir, proc
+
+
+def test_a_short_run_writes_a_loadable_pipeline_samples_logs_and_card(published):
+    output_dir, proc = published
+    from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
+
+    pipe = BinaryFlowSequencePipeline.from_pretrained(output_dir)
+    assert pipe.denoiser.config.vocab_size == len(pipe.tokenizer) == 14 and pipe.denoiser.config.max_length == 6
+    assert pipe.scheduler.config.prediction_type == "logits"
+    assert len(pipe(batch_size=2, num_inference_steps=2).sequences) == 2
+    assert sorted(p.name for p in (output_dir / "samples").iterdir()) == ["step_000002.txt", "step_000004.txt"]
+    assert len((output_dir / "samples.txt").read_text().splitlines()) == 8
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    records = [json.loads(line) for line in (output_dir / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert [r["step"] for r in records if "valid_fraction" in r] == [2, 4]
+    assert "Steps" in proc.stderr and "14 token ids in 4 bits" in proc.stderr
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    assert summary["optimizer_steps"] == 4 and 0 <= summary["valid_fraction"] <= 1 and summary["num_bits"] == 4
+    metadata = yaml.safe_load((output_dir / "README.md").read_text().split("---")[1])
+    assert metadata["pipeline_tag"] == "text-generation" and "binary-flow-matching" in metadata["tags"]
+    body = (output_dir / "README.md").read_text()
+    assert "| loss_type | bce |" in body and "| valid_fraction |" in body and "BinaryFlowSequencePipeline" in body
+
+
+def test_the_published_pipeline_loads_in_a_fresh_process_without_checkpoints_or_token(
+    published, session_hub, tmp_path
+):
+    output_dir, _ = published
+    files = session_hub.files("tester/arithmetic-tiny")
+    assert {"model_index.json", "README.md", "pipeline_binary_flow_sequence.py", "tokenizer/tokenizer.json",
+            "denoiser/diffusion_pytorch_model.safetensors", "samples.txt"} <= set(files)
+    assert not [p for p in files if p.startswith(("checkpoint-", "logs/", "samples/"))]
+    assert all(b"hf_secret_sequence_token" not in content for content in files.values())
+    out = run_client(session_hub, tmp_path, textwrap.dedent("""
+        import torch
+        from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
+        pipe = BinaryFlowSequencePipeline.from_pretrained("tester/arithmetic-tiny")
+        ids = pipe(batch_size=2, num_inference_steps=2, output_type="ids",
+                   generator=torch.Generator().manual_seed(0)).sequences
+        emit({"shape": list(ids.shape)})
+    """))
+    assert out["shape"] == [2, 6]
+
+
+def test_resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run(published, tmp_path, tiny_config):
+    uninterrupted, _ = published
+    output_dir = tmp_path / "resumed"
+    output_dir.mkdir()
+    shutil.copy(uninterrupted / "training_config.json", output_dir)
+    shutil.copytree(uninterrupted / "checkpoint-2", output_dir / "checkpoint-2")
+    train(output_dir, tiny_config, "--resume_from_checkpoint", "latest")
+    resumed, reference = denoiser_weights(output_dir), denoiser_weights(uninterrupted)
+    assert resumed.keys() == reference.keys() and all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_a_text_file_trains_with_a_tokenizer_folder(tmp_path, tiny_config):
+    from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
+    from diffusers_binflow.sequences import train_tokenizer
+
+    lines = ["the cat sat", "a dog ran far", "the dog sat", "a cat ran"] * 4
+    (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n\n")
+    train_tokenizer(lines, "word").save_pretrained(tmp_path / "word-tokenizer")
+    train(tmp_path / "words", tiny_config, "--train_file", str(tmp_path / "lines.txt"), "--tokenizer_name_or_path",
+          str(tmp_path / "word-tokenizer"), "--bit_code", "gray", "--max_length", "5")
+    pipe = BinaryFlowSequencePipeline.from_pretrained(tmp_path / "words")
+    assert pipe.denoiser.config.max_length == 5 and pipe.denoiser.codec.bit_code == "gray"
+    assert set(pipe.tokenizer.get_vocab()) == {"[PAD]", "[UNK]", "the", "a", "cat", "dog", "sat", "ran", "far"}
+    assert "valid_fraction" not in json.loads((tmp_path / "words" / "training_summary.json").read_text())
+    assert all(len(text.split()) <= 5 for text in (tmp_path / "words" / "samples.txt").read_text().splitlines())
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_sequence", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def refused(tmp_path, tiny_config, *extra) -> str:
+    """The script's message for options it must refuse, checked in-process; nothing may be written."""
+    output_dir = tmp_path / "out"
+    output_dir.mkdir(exist_ok=True)
+    (output_dir / "keep.txt").write_text("earlier work")
+    script = load_script()
+    with pytest.raises(ValueError) as caught:
+        script.main(script.parse_args(command(output_dir, tiny_config, *extra)[2:]))
+    assert sorted(p.name for p in output_dir.iterdir()) == ["keep.txt"], "nothing is written before the error"
+    return str(caught.value)
+
+
+def test_sequences_longer_than_max_length_are_refused(tmp_path, tiny_config):
+    assert "longer than 4 tokens" in refused(tmp_path, tiny_config, "--max_length", "4")
+
+
+def test_fine_tuning_refuses_a_length_beyond_the_pretrained_maximum(published, tmp_path, tiny_config):
+    output_dir, _ = published
+    message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(output_dir), "--max_length", "7")
+    assert "exceeds the pretrained model's maximum 6" in message
+
+
+def test_an_empty_text_file_is_refused(tmp_path, tiny_config):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    assert "no non-empty lines" in refused(tmp_path, tiny_config, "--train_file", str(tmp_path / "empty.txt"))
+
+
+def test_a_fresh_run_never_overwrites_checkpoints(published, tmp_path, tiny_config):
+    output_dir, _ = published
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoint-2").symlink_to(output_dir / "checkpoint-2")
+    script = load_script()
+    with pytest.raises(ValueError, match="--resume_from_checkpoint latest"):
+        script.main(script.parse_args(command(tmp_path / "out", tiny_config)[2:]))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-2"]
+
+
+def test_bce_without_logits_is_refused(capsys):
+    script = load_script()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--output_dir", "x", "--prediction_type", "sample"])
+    assert "needs --prediction_type logits" in capsys.readouterr().err

@@ -1,0 +1,366 @@
+"""Train a binary flow-matching model (arXiv 2602.10420) on token sequences with Accelerate.
+
+    python train_scripts/train_sequence.py --output_dir arithmetic-model                  # bundled "17+25=42" task
+    python train_scripts/train_sequence.py --output_dir my-model --train_file lines.txt --tokenizer_type word
+    python train_scripts/train_sequence.py --output_dir my-model --train_file lines.txt --tokenizer_name_or_path tok
+
+Each token id becomes a fixed-width bit code (see `diffusers_binflow.sequences.codec`) and every position's bits
+are generated jointly by a `transformers` encoder. Sequences are right-padded with the tokenizer's pad token to
+--max_length, so the model also generates where a sequence ends. The defaults are the paper's aligned recipe for
+independent bits: per-bit logits with the x-space cross-entropy, sigma uniform in (0, 1] (sigma = 1 is noise).
+The result is a `BinaryFlowSequencePipeline` saved in --output_dir.
+"""
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from huggingface_hub import ModelCard, ModelCardData
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from diffusers_binflow import BinaryFlowMatchScheduler
+from diffusers_binflow.diagnostics import per_sigma_bin_stats
+from diffusers_binflow.flow import X_PREDICTION_TYPES
+from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
+from diffusers_binflow.sequences import (
+    BIT_CODES,
+    SEQUENCE_TASKS,
+    TOKENIZER_KINDS,
+    BitSequenceTransformer,
+    build_sequence_model,
+    get_task,
+    tokenize_to_length,
+    train_tokenizer,
+    valid_fraction,
+)
+from diffusers_binflow.training import (
+    RECIPE_OPTIONS,
+    FlowLossConfig,
+    add_recipe_arguments,
+    flow_matching_loss,
+)
+from diffusers_binflow.training_runs import (
+    EpochPermutationSampler,
+    push_or_exit,
+    register_checkpoint_hooks,
+    save_checkpoint,
+    start_run,
+)
+
+logger = logging.getLogger(__name__)
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template_sequence.md"
+# Options a resumed run must share with the run that wrote the checkpoint.
+RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "max_length", *RECIPE_OPTIONS, "seed",
+                  "train_batch_size", "gradient_accumulation_steps", "learning_rate", "task",
+                  "max_operand", "train_file", "tokenizer_name_or_path", "tokenizer_type", "tokenizer_vocab_size")
+# The training options a model card reports.
+CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code", "max_length",
+                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "bit_scale", "train_batch_size",
+                 "learning_rate", "use_ema", "seed", "num_inference_steps")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data = parser.add_argument_group("data (default: the bundled arithmetic task)")
+    data.add_argument("--task", default="arithmetic", choices=sorted(SEQUENCE_TASKS),
+                      help="A generated task with exact correctness; validation reports its valid fraction.")
+    data.add_argument("--max_operand", type=int, default=99, help="Arithmetic: operands in [0, this].")
+    data.add_argument("--train_file", help="A text file, one sequence per line (blank lines skipped); replaces --task.")
+    data.add_argument("--tokenizer_name_or_path", help="A saved tokenizer (folder or Hub id) instead of training one.")
+    data.add_argument("--tokenizer_type", default="char", choices=TOKENIZER_KINDS,
+                      help="The tokenizer trained on the data (with [PAD] and [UNK]) when none is given.")
+    data.add_argument("--tokenizer_vocab_size", type=int, default=None, help="Its largest vocabulary (bpe needs one).")
+    data.add_argument("--max_length", type=int, default=None,
+                      help="Tokens per sequence (padded); default: the longest training sequence.")
+
+    model = parser.add_argument_group("model and recipe")
+    model.add_argument("--model_config", default="tiny",
+                       help="tiny | small | base | path to a JSON file of BitSequenceTransformer arguments.")
+    model.add_argument("--backbone_type", default="bert", help="A transformers model type, e.g. bert, modernbert.")
+    model.add_argument("--bit_code", default="binary", choices=BIT_CODES)
+    model.add_argument("--pretrained_model_name_or_path",
+                       help="Fine-tune a saved BinaryFlowSequencePipeline (folder or Hub id); its tokenizer is used.")
+    # Cross-entropy on per-bit logits under uniform sigma: what benchmarks/sequence_validity.py measured.
+    add_recipe_arguments(model, prediction_types=X_PREDICTION_TYPES + ("velocity",), prediction_type="logits",
+                         loss_type="bce", timestep_sampling="uniform")
+
+    train = parser.add_argument_group("optimisation")
+    train.add_argument("--train_batch_size", type=int, default=128, help="Per process.")
+    train.add_argument("--num_epochs", type=int, default=10)
+    train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--lr_scheduler", default="cosine",
+                       choices=["linear", "cosine", "constant", "constant_with_warmup"])
+    train.add_argument("--lr_warmup_steps", type=int, default=100)
+    train.add_argument("--adam_beta1", type=float, default=0.9)
+    train.add_argument("--adam_beta2", type=float, default=0.99)
+    train.add_argument("--adam_weight_decay", type=float, default=0.0)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    train.add_argument("--ema_max_decay", type=float, default=0.999)
+    train.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    train.add_argument("--ema_power", type=float, default=0.75)
+    train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    train.add_argument("--seed", type=int, default=0)
+
+    evaluate = parser.add_argument_group("validation, logging, checkpoints")
+    evaluate.add_argument("--output_dir", required=True)
+    evaluate.add_argument("--validation_steps", type=int, default=250)
+    evaluate.add_argument("--num_validation_samples", type=int, default=256,
+                          help="Sequences generated at each validation and at the end (valid fraction of the task).")
+    evaluate.add_argument("--num_inference_steps", type=int, default=16)
+    evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
+    evaluate.add_argument("--logging_steps", type=int, default=20)
+    evaluate.add_argument("--checkpointing_steps", type=int, default=500)
+    evaluate.add_argument("--checkpoints_total_limit", type=int, default=None)
+    evaluate.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    evaluate.add_argument("--report_to", default="auto", choices=["auto", "jsonl", "tensorboard"],
+                          help="logs/train_log.jsonl is always written; auto adds TensorBoard when it is installed.")
+
+    hub = parser.add_argument_group("publishing")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id", default=None, help="Defaults to the output folder's name.")
+    hub.add_argument("--hub_token", default=None, help="Never written anywhere; default: your saved login.")
+    hub.add_argument("--hub_private_repo", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.train_file:
+        args.task = None  # the file replaces the bundled task
+    if args.loss_type == "bce" and args.prediction_type != "logits":
+        parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits.")
+    if args.tokenizer_type == "bpe" and args.tokenizer_vocab_size is None and not args.tokenizer_name_or_path:
+        parser.error("--tokenizer_type bpe needs --tokenizer_vocab_size.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "validation_steps",
+                 "checkpointing_steps", "logging_steps", "num_inference_steps", "num_validation_samples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1.")
+    return args
+
+
+def load_texts(args) -> tuple[list[str], object]:
+    """The training texts and the task that checks samples (None for a --train_file)."""
+    if args.train_file:
+        texts = [line.strip() for line in Path(args.train_file).read_text(encoding="utf-8").splitlines()]
+        texts = [text for text in texts if text]
+        if not texts:
+            raise ValueError(f"{args.train_file} holds no non-empty lines.")
+        return texts, None
+    task = get_task(args.task, **({"max_operand": args.max_operand} if args.task == "arithmetic" else {}))
+    return task.texts("train"), task
+
+
+class TokenSequences(torch.utils.data.Dataset):
+    def __init__(self, token_ids: torch.Tensor):
+        self.token_ids = token_ids
+
+    def __len__(self):
+        return len(self.token_ids)
+
+    def __getitem__(self, index):
+        return {"token_ids": self.token_ids[index]}
+
+
+def main(args):
+    output_dir = Path(args.output_dir)
+    set_seed(args.seed)  # before the model is built: its initial weights are part of the run
+    texts, task = load_texts(args)
+
+    if args.pretrained_model_name_or_path:
+        base = BinaryFlowSequencePipeline.from_pretrained(args.pretrained_model_name_or_path)
+        denoiser, tokenizer = base.denoiser, base.tokenizer
+        max_length = args.max_length or denoiser.config.max_length
+        if max_length > denoiser.config.max_length:
+            raise ValueError(f"--max_length {max_length} exceeds the pretrained model's maximum "
+                             f"{denoiser.config.max_length}.")
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path) if args.tokenizer_name_or_path \
+            else train_tokenizer(texts, args.tokenizer_type, args.tokenizer_vocab_size)
+        max_length = args.max_length
+    # Padding to a fixed length refuses (ValueError) any text longer than --max_length.
+    token_ids = tokenize_to_length(tokenizer, texts, max_length)
+    max_length = token_ids.shape[1]
+    if not args.pretrained_model_name_or_path:
+        denoiser = build_sequence_model(args.model_config, len(tokenizer), max_length, bit_code=args.bit_code,
+                                        backbone_type=args.backbone_type)
+    codec = denoiser.codec
+    noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
+                                               solver=args.solver)
+    BinaryFlowSequencePipeline(denoiser, noise_scheduler, tokenizer)  # refuses a tokenizer the model cannot code
+
+    run = start_run(args, output_dir, RESUME_OPTIONS)
+    accelerator, checkpoint, repo_id = run.accelerator, run.checkpoint, run.repo_id
+
+    ema = EMAModel(denoiser.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+                   inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=BitSequenceTransformer,
+                   model_config=denoiser.config) if args.use_ema else None
+
+    register_checkpoint_hooks(accelerator, ema, BitSequenceTransformer, "denoiser")
+
+    dataset = TokenSequences(token_ids)
+    sampler = EpochPermutationSampler(len(dataset), args.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} training sequences do not fill one batch of {args.train_batch_size}.")
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
+    updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=max_train_steps)
+    denoiser, optimizer, loader, lr_scheduler = accelerator.prepare(denoiser, optimizer, loader, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    if accelerator.is_main_process and run.tensorboard:
+        accelerator.init_trackers("binary_flow_sequence")
+
+    loss_config = FlowLossConfig.from_args(args)
+
+    global_step, first_epoch, skip_batches, last_loss = 0, 0, 0, None
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = int(checkpoint.name.split("-")[1])
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+
+    logger.info(f"{len(dataset)} sequences of {max_length} tokens, {len(tokenizer)} token ids in {codec.num_bits} "
+                f"bits ({codec.bit_code}); {sum(p.numel() for p in denoiser.parameters()):,} parameters; "
+                f"{max_train_steps} optimiser steps of "
+                f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} sequences")
+    log_path = output_dir / "logs" / "train_log.jsonl"
+    diagnostics = {"sigmas": [], "loss": []}
+    progress = tqdm(range(max_train_steps), initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    start = time.perf_counter()
+
+    def validate(path: Path) -> dict:
+        pipeline = build_pipeline(accelerator, denoiser, ema, noise_scheduler, tokenizer)
+        return write_samples(pipeline, args, task, texts, path)
+
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:  # a finished run resumed: nothing left to train
+            break
+        sampler.set_epoch(epoch)
+        denoiser.train()
+        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
+        for batch_index, batch in enumerate(epoch_loader, start=skip_batches if epoch == first_epoch else 0):
+            # Every micro-batch draws its sigmas and noise from its own seed: resumption is exact.
+            micro_step = epoch * len(loader) + batch_index
+            generator = torch.Generator(accelerator.device).manual_seed(
+                args.seed * 1_000_003 + micro_step * accelerator.num_processes + accelerator.process_index)
+            with accelerator.accumulate(denoiser):
+                out = flow_matching_loss(denoiser, codec.encode(batch["token_ids"]), loss_config, generator=generator)
+                accelerator.backward(out.loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(denoiser.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            diagnostics["sigmas"].append(out.sigmas.detach())
+            diagnostics["loss"].append(out.per_sample_loss)
+            if not accelerator.sync_gradients:
+                continue
+            last_loss = out.loss.item()
+
+            if ema is not None:
+                ema.step(denoiser.parameters())
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.1e}")
+
+            if global_step % args.logging_steps == 0:
+                sigmas, losses = (accelerator.gather(torch.cat(diagnostics[k])).cpu() for k in ("sigmas", "loss"))
+                record = {"step": global_step, "epoch": epoch, "loss": losses.mean().item(),
+                          "grad_norm": None if grad_norm is None else float(grad_norm),
+                          "lr": lr_scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 1),
+                          "loss_per_sigma_bin": per_sigma_bin_stats(sigmas, losses, num_bins=10, percentiles=(50,))}
+                if accelerator.is_main_process:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    accelerator.log({"loss": record["loss"]}, step=global_step)
+                diagnostics = {"sigmas": [], "loss": []}
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                scores = validate(output_dir / "samples" / f"step_{global_step:06d}.txt")
+                if scores:
+                    accelerator.log(scores, step=global_step)
+                    with log_path.open("a") as f:
+                        f.write(json.dumps({"step": global_step, **scores}) + "\n")
+            if global_step >= max_train_steps:
+                break
+        skip_batches = 0
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+    if global_step % args.checkpointing_steps:
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # a rerun with --resume_from_checkpoint is a no-op
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = build_pipeline(accelerator, denoiser, ema, noise_scheduler, tokenizer)
+        pipeline.save_pretrained(str(output_dir))
+        summary = {"optimizer_steps": global_step, "train_seconds": round(time.perf_counter() - start, 1),
+                   "num_parameters": sum(p.numel() for p in pipeline.denoiser.parameters()),
+                   "vocab_size": len(tokenizer), "num_bits": codec.num_bits, "max_length": max_length,
+                   "final_training_loss": None if last_loss is None else round(last_loss, 5)}
+        summary.update(write_samples(pipeline, args, task, texts, output_dir / "samples.txt"))
+        (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        (output_dir / "README.md").write_text(render_model_card(args, repo_id or output_dir.name, summary))
+        accelerator.print(f"Saved the pipeline and samples.txt in {output_dir}")
+        if args.push_to_hub:
+            push_or_exit(output_dir, repo_id, BinaryFlowSequencePipeline, args.hub_token)
+    accelerator.end_training()
+
+
+def build_pipeline(accelerator, denoiser, ema, noise_scheduler, tokenizer) -> BinaryFlowSequencePipeline:
+    """A pipeline holding a copy of the (EMA) weights."""
+    model = accelerator.unwrap_model(denoiser)
+    weights = BitSequenceTransformer.from_config(model.config).to(accelerator.device)
+    weights.load_state_dict(model.state_dict())
+    if ema is not None:
+        ema.copy_to(weights.parameters())
+    pipeline = BinaryFlowSequencePipeline(denoiser=weights.eval(), scheduler=noise_scheduler, tokenizer=tokenizer)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def write_samples(pipeline, args, task, train_texts, path: Path) -> dict:
+    """Generate --num_validation_samples sequences into `path` (one per line); with a task, score them: the valid
+    fraction, and the fraction valid and absent from the training texts."""
+    samples = pipeline(batch_size=args.num_validation_samples, num_inference_steps=args.num_inference_steps,
+                       generator=torch.Generator().manual_seed(args.seed)).sequences
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(samples) + "\n", encoding="utf-8")
+    if task is None:
+        return {}
+    seen = set(train_texts)
+    return {"valid_fraction": round(valid_fraction(task, samples), 4),
+            "novel_valid_fraction": round(sum(task.is_valid(s) and s not in seen for s in samples) / len(samples), 4)}
+
+
+def render_model_card(args, repo_id: str, summary: dict) -> str:
+    """The README.md: YAML metadata and a body with usage, the training settings and the final metrics."""
+    card_data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="text-generation",
+                              tags=["diffusers", "diffusers_binflow", "binary-flow-matching", "diffusers-training",
+                                    "discrete-diffusion"], base_model=args.pretrained_model_name_or_path)
+    settings = [(name, getattr(args, name)) for name in CARD_SETTINGS if getattr(args, name, None) is not None]
+    return str(ModelCard.from_template(card_data, template_str=MODEL_CARD_TEMPLATE.read_text(), repo_id=repo_id,
+                                       base_model=args.pretrained_model_name_or_path,
+                                       num_inference_steps=args.num_inference_steps, settings=settings,
+                                       metrics=list(summary.items())))
+
+
+if __name__ == "__main__":
+    main(parse_args())
