@@ -1,5 +1,6 @@
 """Run bookkeeping shared by the training scripts: checkpoints, exact resumption and publishing to the Hub."""
 
+import argparse
 import json
 import logging
 import shutil
@@ -15,6 +16,30 @@ from huggingface_hub import create_repo
 from .hub import upload_pipeline_folder
 
 logger = logging.getLogger(__name__)
+
+
+def add_optimisation_arguments(parser, train_batch_size: int):
+    """The optimiser, learning-rate schedule, EMA, precision and seed options of the training scripts."""
+    train = parser.add_argument_group("optimisation")
+    train.add_argument("--train_batch_size", type=int, default=train_batch_size, help="Per process.")
+    train.add_argument("--num_epochs", type=int, default=10)
+    train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--lr_scheduler", default="cosine",
+                       choices=["linear", "cosine", "constant", "constant_with_warmup"])
+    train.add_argument("--lr_warmup_steps", type=int, default=100)
+    train.add_argument("--adam_beta1", type=float, default=0.9)
+    train.add_argument("--adam_beta2", type=float, default=0.99)
+    train.add_argument("--adam_weight_decay", type=float, default=0.0)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    train.add_argument("--ema_max_decay", type=float, default=0.999)
+    train.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    train.add_argument("--ema_power", type=float, default=0.75)
+    train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    train.add_argument("--seed", type=int, default=0)
+    return train
 
 
 def sorted_checkpoints(output_dir: Path) -> list[Path]:

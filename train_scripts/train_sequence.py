@@ -49,6 +49,7 @@ from diffusers_binflow.training import (
 )
 from diffusers_binflow.training_runs import (
     EpochPermutationSampler,
+    add_optimisation_arguments,
     push_or_exit,
     register_checkpoint_hooks,
     save_checkpoint,
@@ -92,25 +93,7 @@ def parse_args(argv=None):
     add_recipe_arguments(model, prediction_types=X_PREDICTION_TYPES + ("velocity",), prediction_type="logits",
                          loss_type="bce", timestep_sampling="uniform")
 
-    train = parser.add_argument_group("optimisation")
-    train.add_argument("--train_batch_size", type=int, default=128, help="Per process.")
-    train.add_argument("--num_epochs", type=int, default=10)
-    train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--learning_rate", type=float, default=1e-3)
-    train.add_argument("--lr_scheduler", default="cosine",
-                       choices=["linear", "cosine", "constant", "constant_with_warmup"])
-    train.add_argument("--lr_warmup_steps", type=int, default=100)
-    train.add_argument("--adam_beta1", type=float, default=0.9)
-    train.add_argument("--adam_beta2", type=float, default=0.99)
-    train.add_argument("--adam_weight_decay", type=float, default=0.0)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
-    train.add_argument("--ema_max_decay", type=float, default=0.999)
-    train.add_argument("--ema_inv_gamma", type=float, default=1.0)
-    train.add_argument("--ema_power", type=float, default=0.75)
-    train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    train.add_argument("--seed", type=int, default=0)
+    add_optimisation_arguments(parser, train_batch_size=128)
 
     evaluate = parser.add_argument_group("validation, logging, checkpoints")
     evaluate.add_argument("--output_dir", required=True)
