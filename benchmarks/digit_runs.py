@@ -69,6 +69,7 @@ class Method:
     v_clamp: float | None = None
     weighting_max: float | None = None
     sampler: str = "binary_flow"  # binary_flow | flow_match_euler | discrete_ddim | dfm_euler
+    solver: str = "euler"  # BinaryFlowMatchScheduler's, for the binary_flow sampler
     trained_as: str | None = None  # the key of a method with the same training (only the sampler differs)
 
     def loss_config(self) -> FlowLossConfig:
@@ -97,6 +98,8 @@ METHODS = {m.key: m for m in (
            timestep_sampling="logit_normal"),
     Method("x-bce-w", "x-pred(logits) + x-BCE x min(sigma^-2, 400), uniform", prediction_type="logits",
            loss_type="bce", weighting_max=W_MAX),
+    Method("x-mse-ln-heun", "x-pred + x-MSE, logit-normal; Heun sampler", timestep_sampling="logit_normal",
+           solver="heun", trained_as="x-mse-ln"),
     Method("rf-fm-euler", "rectified flow (diffusers FlowMatchEulerDiscreteScheduler)", prediction_type="velocity",
            loss_space="v", sampler="flow_match_euler", trained_as="rf"),
     Method("uniform-flip", "uniform-flip diffusion (diffusers DiscreteDDIMScheduler, T=1)", family="uniform_flip",
@@ -216,7 +219,7 @@ def train(method: Method, seed: int, steps: int, batch_size: int, cache_dir: Pat
 
 @torch.no_grad()
 def generate(run: Run, num_samples: int, nfe: int, seed: int = 0, chunk: int = 500) -> torch.Tensor:
-    """`num_samples` binary digits (N, 1, 28, 28) from `run` with `nfe` network evaluations each."""
+    """`num_samples` binary digits (N, 1, 28, 28) from `run` with at most `nfe` network evaluations each."""
     return torch.cat([_generate(run, min(chunk, num_samples - i), nfe, seed + i)
                       for i in range(0, num_samples, chunk)])
 
@@ -226,10 +229,11 @@ def _generate(run: Run, n: int, nfe: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     if method.sampler in ("binary_flow", "flow_match_euler"):
         scheduler = (FlowMatchEulerDiscreteScheduler() if method.sampler == "flow_match_euler" else
-                     BinaryFlowMatchScheduler(prediction_type=method.prediction_type))
+                     BinaryFlowMatchScheduler(prediction_type=method.prediction_type, solver=method.solver))
         pipeline = BinaryFlowPipeline(unet=model, scheduler=scheduler)
         pipeline.set_progress_bar_config(disable=True)
-        return pipeline(batch_size=n, num_inference_steps=nfe, generator=generator, output_type="pt").images
+        return pipeline(batch_size=n, num_inference_steps=steps_for(method.solver, nfe), generator=generator,
+                        output_type="pt").images
     if method.sampler == "discrete_ddim":
         scheduler = DiscreteDDIMScheduler()
         scheduler.set_timesteps(nfe)
@@ -242,6 +246,11 @@ def _generate(run: Run, n: int, nfe: int, seed: int) -> torch.Tensor:
                                    generator=generator).prev_sample.view(n, 1, 28, 28)
         return state.float()
     return _generate_dfm(method, model, n, nfe, seed)
+
+
+def steps_for(solver: str, nfe: int) -> int:
+    """Solver steps whose network evaluations fit in `nfe`: Heun's N steps take 2N - 1."""
+    return (nfe + 1) // 2 if solver == "heun" else nfe
 
 
 def _generate_dfm(method: Method, model, n: int, nfe: int, seed: int) -> torch.Tensor:

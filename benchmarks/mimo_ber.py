@@ -1,4 +1,4 @@
-"""BER versus SNR of MIMO detectors: ZF, LMMSE, ML, K-best and conditional binary flow matching (ours).
+"""BER versus SNR of MIMO detectors: ZF, LMMSE, EP, ML, K-best and conditional binary flow matching (ours).
 
     python benchmarks/mimo_ber.py                 # full run: trains the models it lacks, then measures
     python benchmarks/mimo_ber.py --smoke         # seconds: tiny systems and models, a few thousand bits
@@ -6,6 +6,9 @@
 Systems: 4x4 QPSK (8 bits per channel use; exhaustive ML is the reference) and 16x16 QPSK (32 bits; K-best). Our
 models (BCE x-loss, MSE x-loss and the misaligned x-prediction + v-loss) are trained by
 `train_scripts/train_mimo.py` into --models_dir unless a trained one is already there; the commands are recorded.
+Ours is measured in two ways: one step (the denoiser's P(bit | y) at sigma = 1, thresholded) and as a list detector
+over posterior samples (`aggregation="likelihood"`: the sample closest to y in ``||y - H s||^2``); the NFE column
+counts network evaluations per channel use (steps x samples).
 Every detector sees the same channel realisations; a point stops at --min_errors bit errors, --max_bits bits, or
 --max_seconds of detection time (recorded as `stopped_by`). SNR is per receive antenna, ``num_tx * Es / N0`` with
 unit-energy symbols and CN(0, 1) channel entries (`diffusers_binflow.mimo.channel`). Writes mimo_ber.json, .md and
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 from diffusers_binflow.mimo import (
+    expectation_propagation,
     get_modulation,
     k_best,
     lmmse,
@@ -54,21 +58,24 @@ def systems(smoke: bool) -> list[dict]:
     if smoke:
         return [
             dict(name="2x2 QPSK", num_tx=2, num_rx=2, modulation="qpsk", snr_db=[4.0, 12.0],
-                 classic=["zf", "lmmse", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"], ours=[(1, 1), (4, 1)],
+                 classic=["zf", "lmmse", "ep", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"],
+                 ours=[(1, 1, "mean"), (2, 4, "likelihood")],
                  train=["--max_train_steps", "3"]),
         ]
     return [
-        dict(name="4x4 QPSK", num_tx=4, num_rx=4, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0, 16.0, 20.0],
-             classic=["zf", "lmmse", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"], ours=[(1, 1), (8, 1)],
-             train=["--train_batch_size", "256", "--max_train_steps", "1500"]),
+        dict(name="4x4 QPSK", num_tx=4, num_rx=4, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0, 14.0, 16.0, 20.0],
+             classic=["zf", "lmmse", "ep", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"],
+             ours=[(1, 1, "mean"), (4, 16, "likelihood")],
+             train=["--train_batch_size", "256", "--max_train_steps", "2000"]),
         dict(name="16x16 QPSK", num_tx=16, num_rx=16, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0],
-             classic=["lmmse", "kbest-4", "kbest-16", "kbest-64"], recipes=["bce"], ours=[(1, 1), (4, 1)],
+             classic=["lmmse", "ep", "kbest-4", "kbest-16", "kbest-64"], recipes=["bce"],
+             ours=[(1, 1, "mean"), (2, 4, "likelihood")],
              train=["--train_batch_size", "128", "--max_train_steps", "800", "--eval_snr_db", "0,4,8,12"]),
     ]
 
 
 def classic_detector(name: str, modulation):
-    functions = {"zf": zero_forcing, "lmmse": lmmse, "ml": maximum_likelihood}
+    functions = {"zf": zero_forcing, "lmmse": lmmse, "ep": expectation_propagation, "ml": maximum_likelihood}
     if name.startswith("kbest-"):
         k = int(name.split("-")[1])
         return lambda y, H, n0: k_best(y, H, n0, modulation, k=k).bits
@@ -110,6 +117,9 @@ def run(args) -> dict:
                           "torch": torch.__version__, "processor": platform.processor() or platform.machine()},
               "systems": []}
     for system in systems(args.smoke):
+        if args.systems and system["name"] not in args.systems:
+            continue
+        system["snr_db"] = args.snr_db or system["snr_db"]
         modulation = get_modulation(system["modulation"])
         entry = {k: system[k] for k in ("name", "num_tx", "num_rx", "modulation", "snr_db")}
         entry["num_bits"] = system["num_tx"] * modulation.bits_per_symbol
@@ -119,12 +129,15 @@ def run(args) -> dict:
         for recipe in system["recipes"]:
             pipe = BinaryFlowMIMOPipeline.from_pretrained(entry["models"][recipe]["folder"])
             pipe.set_progress_bar_config(disable=True)
-            for steps, samples in system["ours"]:
-                detect = (lambda y, H, n0, pipe=pipe, steps=steps, samples=samples: pipe(
-                    y, H, n0, num_inference_steps=steps, num_samples=samples,
+            for steps, samples, aggregation in system["ours"]:
+                detect = (lambda y, H, n0, pipe=pipe, steps=steps, samples=samples, aggregation=aggregation: pipe(
+                    y, H, n0, num_inference_steps=steps, num_samples=samples, aggregation=aggregation,
                     generator=torch.Generator().manual_seed(0)).bits)
-                detectors.append((f"ours-{recipe} ({steps} step{'s' if steps > 1 else ''})", steps * samples, detect))
+                label = f"{steps} step{'s' if steps > 1 else ''}" + (f" x {samples}, {aggregation}" if samples > 1 else "")
+                detectors.append((f"ours-{recipe} ({label})", steps * samples, detect))
         entry["points"] = []
+        if args.detectors:
+            detectors = [d for d in detectors if d[0] in args.detectors or d[0].split(" (")[0] in args.detectors]
         for name, nfe, detect in detectors:
             for snr in system["snr_db"]:
                 measured = measure_ber(detect, system["num_tx"], system["num_rx"], modulation, snr,
@@ -206,6 +219,11 @@ def main(argv=None):
     parser.add_argument("--max_seconds", type=float, default=30.0, help="Detection-time cap per point.")
     parser.add_argument("--batch_size", type=int, default=4096, help="Channel uses per Monte Carlo batch.")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--systems", nargs="+", default=None, help='Only these systems, e.g. "4x4 QPSK".')
+    parser.add_argument("--detectors", nargs="+", default=None,
+                        help='Only these detectors: classic names ("ml") or our labels without their settings '
+                             '("ours-bce" selects every ours-bce row).')
+    parser.add_argument("--snr_db", type=float, nargs="+", default=None, help="Replace each system's SNR grid.")
     args = parser.parse_args(argv)
     if args.smoke:
         args.max_bits, args.batch_size, args.max_seconds = min(args.max_bits, 4096), min(args.batch_size, 256), 5.0

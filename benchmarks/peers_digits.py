@@ -29,7 +29,7 @@ from reporting import command_line, machine, mean_std, pyplot, run_jobs, write_r
 
 from diffusers_binflow.metrics import DigitMetrics
 
-DEFAULT_OURS = ("x-mse",)
+DEFAULT_OURS = ("x-mse-ln",)  # the library's default recipe (FlowLossConfig())
 PEERS = ("jit", "rf-fm-euler", "uniform-flip", "dfm-uniform", "dfm-mask")
 NEEDS_META = ("dfm-uniform", "dfm-mask")
 NFES = (1, 2, 4, 8, 16, 32, 64)

@@ -29,6 +29,7 @@ from diffusers_binflow.mimo import (
     maximum_likelihood,
     simulate,
 )
+from diffusers_binflow.mimo.detectors import EP_ITERATIONS
 from diffusers_binflow.mimo.evaluation import measure_ber
 from diffusers_binflow.mimo.model import MIMOFlowTransformer
 from diffusers_binflow.mimo.model_card import render_mimo_model_card
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template_mimo.md"
 # Options a resumed run must share with the run that wrote the checkpoint.
 RESUME_OPTIONS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "hidden_size", "num_layers",
-                  "num_heads", "mlp_ratio", *RECIPE_OPTIONS, "seed", "train_batch_size",
+                  "num_heads", "mlp_ratio", "ep_iterations", *RECIPE_OPTIONS, "seed", "train_batch_size",
                   "gradient_accumulation_steps", "learning_rate")
 # Exhaustive ML is the reference up to this many bits per channel use; K-best beyond.
 ML_MAX_BITS = 16
@@ -71,6 +72,8 @@ def parse_args(argv=None):
     model.add_argument("--num_layers", type=int, default=3)
     model.add_argument("--num_heads", type=int, default=4)
     model.add_argument("--mlp_ratio", type=float, default=2.0)
+    model.add_argument("--ep_iterations", type=int, default=EP_ITERATIONS,
+                       help="Expectation-propagation iterations of the cavity the network corrects (BPSK/QPSK).")
     # Cross-entropy on per-bit logits (independent symbols) under uniform sigma: what benchmarks/mimo_ber.py measured.
     add_recipe_arguments(model, prediction_types=("sample", "logits"), prediction_type="logits", loss_type="bce",
                          timestep_sampling="uniform")
@@ -116,6 +119,8 @@ def parse_args(argv=None):
                      "--loss_space x.")
     if args.num_rx < args.num_tx:
         parser.error("--num_rx must be at least --num_tx.")
+    if args.ep_iterations < 0:
+        parser.error("--ep_iterations must be at least 0.")
     if args.snr_db_max < args.snr_db_min:
         parser.error("--snr_db_max must be at least --snr_db_min.")
     for name in ("num_tx", "train_batch_size", "max_train_steps", "gradient_accumulation_steps", "logging_steps",
@@ -134,7 +139,8 @@ def main(args):
     set_seed(args.seed)  # before the model is built: its initial weights are part of the run
     model = MIMOFlowTransformer(num_tx=args.num_tx, num_rx=args.num_rx, modulation=args.modulation,
                                 hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
-                                mlp_ratio=args.mlp_ratio, prediction_type=args.prediction_type)
+                                mlp_ratio=args.mlp_ratio, prediction_type=args.prediction_type,
+                                ep_iterations=args.ep_iterations)
 
     run = start_run(args, output_dir, RESUME_OPTIONS)
     accelerator, checkpoint, repo_id = run.accelerator, run.checkpoint, run.repo_id

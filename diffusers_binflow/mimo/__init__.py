@@ -13,6 +13,7 @@ from .channel import (
 from .detectors import (
     DETECTORS,
     DetectionOutput,
+    expectation_propagation,
     k_best,
     lmmse,
     lmmse_estimate,
@@ -27,6 +28,7 @@ __all__ = [
     "MODULATIONS",
     "Modulation",
     "complex_to_real",
+    "expectation_propagation",
     "get_modulation",
     "k_best",
     "lmmse",

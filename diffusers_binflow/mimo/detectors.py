@@ -5,8 +5,10 @@ Every detector is called as ``detector(y, H, noise_var, modulation) -> Detection
 ``log P(b = 1 | y) / P(b = 0 | y)`` (positive favours bit 1, as ``sigmoid(llr)`` = P(bit = 1)):
 
 - `zero_forcing` and `lmmse`: linear estimates treated as Gaussian per real symbol, demapped exactly over the PAM;
+- `expectation_propagation`: LMMSE whose Gaussian prior is refined, symbol by symbol, towards the discrete one;
 - `maximum_likelihood`: exhaustive search; hard bits are the joint ML decision, LLRs the exact a-posteriori ones;
-- `k_best`: breadth-first tree search after a QR decomposition, max-log LLRs from its final list.
+- `k_best`: breadth-first tree search after a QR decomposition, max-log LLRs from its final list
+  (`list_detection`, which also decides among a flow model's posterior samples).
 """
 
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from .channel import Modulation, check_channel_inputs, get_modulation
 DEFAULT_LLR_CLIP = 20.0
 # Largest bit count exhaustive ML enumerates (2^20 candidates per channel use).
 MAX_ML_BITS = 20
+# Expectation propagation: iterations, the weight of each new site, and the floor of a tilted variance.
+EP_ITERATIONS, EP_DAMPING, EP_MIN_VARIANCE = 5, 0.5, 1e-9
 
 
 @dataclass
@@ -92,6 +96,61 @@ def lmmse(y, H, noise_var, modulation) -> DetectionOutput:
     return _from_llrs(pam_llrs(estimate, variance, modulation))
 
 
+def gaussian_ep_cavities(precision: torch.Tensor, linear: torch.Tensor, levels: torch.Tensor, iterations: int,
+                         damping: float = EP_DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expectation propagation for ``p(s) ∝ exp(-s^T A s / 2 + s^T b) prod_j 1[s_j in levels]`` (equiprobable levels).
+
+    Each discrete prior factor is replaced by a Gaussian site ``exp(-Lambda_j s_j^2 / 2 + gamma_j s_j)``, starting
+    from the moments of the uniform prior over `levels`. An iteration computes the Gaussian posterior
+    ``N((A + diag Lambda)^-1 (b + gamma), (A + diag Lambda)^-1)``, removes each site to get the cavity
+    ``N(t_j, v_j)``, matches the mean and variance of the cavity times the discrete prior, and moves the sites
+    (damped) to the site that reproduces them; sites that would turn negative are kept (Céspedes et al., 2014).
+
+    Args:
+        precision (`torch.Tensor` of shape (B, n, n)): ``A``, symmetric positive semi-definite.
+        linear (`torch.Tensor` of shape (B, n)): ``b``.
+        levels (`torch.Tensor` of shape (M,)): The values each ``s_j`` can take.
+        iterations (`int`): EP iterations; 0 returns the cavities of the Gaussian prior with the prior's moments.
+        damping (`float`): Weight of the new site in each update, in (0, 1].
+
+    Returns:
+        The cavity means ``t`` and variances ``v``, each (B, n): the evidence about ``s_j`` from everything but its
+        own prior, to be combined with the discrete prior (`pam_llrs`).
+    """
+    dtype = precision.dtype
+    precision, linear, levels = precision.double(), linear.double(), levels.double()
+    eye = torch.eye(precision.shape[-1], dtype=precision.dtype, device=precision.device)
+    site_precision = (1 / levels.var(unbiased=False)).expand_as(linear).clone()
+    site_linear = (levels.mean() * site_precision).expand_as(linear).clone()
+    for step in range(iterations + 1):
+        covariance = torch.linalg.inv(precision + site_precision[..., None] * eye)
+        mean = (covariance @ (linear + site_linear)[..., None]).squeeze(-1)
+        variance = covariance.diagonal(dim1=-2, dim2=-1)
+        cavity_precision = (1 / variance - site_precision).clamp_min(1e-12)
+        cavity_mean = (mean / variance - site_linear) / cavity_precision
+        if step == iterations:
+            return cavity_mean.to(dtype), (1 / cavity_precision).to(dtype)
+        weights = torch.softmax(-(cavity_mean[..., None] - levels) ** 2 * cavity_precision[..., None] / 2, -1)
+        tilted_mean = (weights * levels).sum(-1)
+        tilted_variance = ((weights * (levels - tilted_mean[..., None]) ** 2).sum(-1)).clamp_min(EP_MIN_VARIANCE)
+        new_precision = 1 / tilted_variance - cavity_precision
+        new_linear = tilted_mean / tilted_variance - cavity_mean * cavity_precision
+        keep = new_precision <= 0
+        site_precision = torch.where(keep, site_precision, damping * new_precision + (1 - damping) * site_precision)
+        site_linear = torch.where(keep, site_linear, damping * new_linear + (1 - damping) * site_linear)
+
+
+def expectation_propagation(y, H, noise_var, modulation, iterations: int = EP_ITERATIONS) -> DetectionOutput:
+    """EP detection: `gaussian_ep_cavities` on ``A = H^T H / sigma^2``, ``b = H^T y / sigma^2``
+    (``sigma^2 = N0 / 2``) over the PAM levels, then exact per-symbol demapping of each cavity."""
+    modulation = get_modulation(modulation)
+    sigma2 = _real_noise_var(noise_var, y, H)
+    levels, _ = modulation.constellation(y.device, y.dtype)
+    cavity_mean, cavity_variance = gaussian_ep_cavities(H.mT @ H / sigma2[..., None],
+                                                        (H.mT @ y[..., None]).squeeze(-1) / sigma2, levels, iterations)
+    return _from_llrs(pam_llrs(cavity_mean, cavity_variance, modulation))
+
+
 def all_bit_vectors(num_bits: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Every bit vector of length `num_bits`, shape (2^num_bits, num_bits), first bit most significant."""
     return ((torch.arange(2**num_bits, device=device)[:, None] >> torch.arange(num_bits - 1, -1, -1, device=device))
@@ -146,11 +205,23 @@ def k_best(y, H, noise_var, modulation, k: int = 16, llr_clip: float = DEFAULT_L
         parent, level = best // len(levels), best % len(levels)
         paths = torch.cat([level[..., None], paths.gather(1, parent[..., None].expand(-1, -1, paths.shape[2]))], -1)
     path_bits = labels[paths].flatten(-2)  # (B, P, num_bits), metric sorted ascending
-    inf = torch.tensor(float("inf"), dtype=y.dtype, device=y.device)
-    d1 = torch.where(path_bits.bool(), metric[..., None], inf).amin(1)
-    d0 = torch.where(path_bits.bool(), inf, metric[..., None]).amin(1)
-    llrs = ((d0 - d1) / (2 * sigma2)).nan_to_num(posinf=llr_clip, neginf=-llr_clip).clamp(-llr_clip, llr_clip)
-    return DetectionOutput(bits=path_bits[:, 0], llrs=llrs)
+    return list_detection(path_bits, metric, sigma2, llr_clip)
 
 
-DETECTORS = {"zf": zero_forcing, "lmmse": lmmse, "ml": maximum_likelihood, "kbest": k_best}
+def list_detection(candidate_bits: torch.Tensor, distances: torch.Tensor, noise_real: torch.Tensor,
+                   llr_clip: float = DEFAULT_LLR_CLIP) -> DetectionOutput:
+    """Decide from a list of candidate bit vectors (B, P, num_bits) with their distances ``||y - H s||^2`` (B, P),
+    up to a constant per channel use: hard bits are the closest candidate's; LLRs are max-log over the list,
+    ``(min d_(b=0) - min d_(b=1)) / (2 s^2)`` with ``s^2 = N0 / 2`` (`noise_real`, (B, 1)), clipped to `llr_clip`
+    where the list holds no counter-hypothesis."""
+    inf = torch.tensor(float("inf"), dtype=distances.dtype, device=distances.device)
+    ones = candidate_bits.bool()
+    d1 = torch.where(ones, distances[..., None], inf).amin(1)
+    d0 = torch.where(ones, inf, distances[..., None]).amin(1)
+    llrs = ((d0 - d1) / (2 * noise_real)).nan_to_num(posinf=llr_clip, neginf=-llr_clip).clamp(-llr_clip, llr_clip)
+    best = distances.argmin(1)
+    return DetectionOutput(bits=candidate_bits[torch.arange(len(best), device=best.device), best], llrs=llrs)
+
+
+DETECTORS = {"zf": zero_forcing, "lmmse": lmmse, "ep": expectation_propagation, "ml": maximum_likelihood,
+             "kbest": k_best}

@@ -11,7 +11,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .channel import check_channel_inputs, get_modulation
-from .detectors import lmmse_estimate
+from .detectors import EP_ITERATIONS, gaussian_ep_cavities, lmmse_estimate
 
 # The state's precision (1 - sigma)^2 / sigma^2 is capped here, where x_sigma already fixes the bits.
 MIN_FUSION_SIGMA = 1e-3
@@ -59,21 +59,23 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
     ``x_sigma`` and channel features that are sufficient statistics of the linear Gaussian model, normalised so
     that they are O(1): its matched-filter output ``[H^T y]_j``, its row of the Gram matrix ``H^T H``, the
     bias-free LMMSE estimate and its error variance (`lmmse_estimate`), and ``log N0``. For one bit per real
-    symbol (BPSK, QPSK) a token also sees the Gaussian fusion of the two observations of the signal ``x``: the
-    channel, ``y = a H x + n`` (``a`` the symbol amplitude), and the flow state, ``x_sigma = (1 - sigma) x + sigma
-    eps`` (`fused_state_estimate`); it turns the LMMSE estimate at sigma = 1 into the state at sigma = 0. Sigma (as
-    the model timestep ``sigma * num_train_timesteps``) and ``log N0`` condition every block through adaptive
-    layer norms.
+    symbol (BPSK, QPSK) a token also sees its expectation-propagation cavity given both observations of the signal
+    ``x in {-1, 1}^n``: the channel, ``y = a H x + n`` (``a`` the symbol amplitude), and the flow state,
+    ``x_sigma = (1 - sigma) x + sigma eps`` (`state_cavities`); it is the EP detector at sigma = 1 and the state
+    itself at sigma = 0. Sigma (as the model timestep ``sigma * num_train_timesteps``) and ``log N0`` condition
+    every block through adaptive layer norms.
 
     Args:
         num_tx (`int`), num_rx (`int`): Antennas of the complex system the model detects.
         modulation (`str`): `"bpsk"`, `"qpsk"`, `"16qam"` or `"64qam"` (see `diffusers_binflow.mimo.channel`).
         hidden_size (`int`), num_layers (`int`), num_heads (`int`), mlp_ratio (`float`): Transformer size.
         num_train_timesteps (`int`): The scheduler's, to read sigma off the timestep.
-        prediction_type (`str`): `"logits"` or `"sample"`, what the output is (the scheduler's). With the fused
-            estimate (one bit per real symbol) the network learns a correction to the Gaussian-cavity denoiser:
-            its output is added to the cavity LLR ``2 m_j / C_jj`` (logits) or to ``tanh(m_j / C_jj)`` (sample),
-            where ``m`` and ``C`` are the fused mean and covariance.
+        prediction_type (`str`): `"logits"` or `"sample"`, what the output is (the scheduler's). With the EP
+            cavities (one bit per real symbol) the network learns a correction to the EP denoiser: its output is
+            added to the cavity LLR ``2 t_j / v_j`` (logits) or to ``tanh(t_j / v_j)`` (sample), where ``N(t_j, v_j)``
+            is the cavity of bit j.
+        ep_iterations (`int`): Expectation-propagation iterations of those cavities (0: the Gaussian prior's,
+            i.e. the LMMSE reading of the channel and the state).
 
     Called as ``model(sample, timestep, y=y, H=H, noise_var=N0)`` with ``sample (B, num_bits)``, real-valued
     ``y (B, 2 num_rx)`` and ``H (B, 2 num_rx, n)``; returns one value per bit, of the training's prediction type.
@@ -91,6 +93,7 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         mlp_ratio: float = 2.0,
         num_train_timesteps: int = 1000,
         prediction_type: str = "logits",
+        ep_iterations: int = EP_ITERATIONS,
     ):
         super().__init__()
         mod = get_modulation(modulation)
@@ -102,7 +105,9 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         self.num_symbols, self.bits_per_real = n, mod.bits_per_real
         self.num_bits = n * mod.bits_per_real
         self.fuses_state = mod.bits_per_real == 1
-        # noisy bits, MF, LMMSE estimate and variance, log N0, Gram row[, fused estimate and its log variance]
+        if ep_iterations < 0:
+            raise ValueError(f"ep_iterations must be at least 0, got {ep_iterations}.")
+        # noisy bits, MF, LMMSE estimate and variance, log N0, Gram row[, EP cavity mean and log variance]
         num_features = mod.bits_per_real + 4 + n + 2 * self.fuses_state
         self.token_in = nn.Linear(num_features, hidden_size)
         self.position = nn.Parameter(torch.randn(n, hidden_size) * 0.02)
@@ -135,11 +140,12 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         scalars = [matched, estimate / amplitude, (variance / mod.energy_per_real).log(), log_n0]
         return torch.cat([torch.stack(scalars, -1), gram], -1).to(self.dtype)
 
-    def fused_state_estimate(self, sample: torch.Tensor, sigma: torch.Tensor, channel_features: torch.Tensor):
-        """The Gaussian posterior of ``x`` (prior N(0, 1)) given the channel and the state ``x_sigma``, for one bit
-        per real symbol: precision ``P = (a^2 / s^2) H^T H + ((1 - sigma)^2 / sigma^2 + 1) I`` with ``s^2 = N0 / 2``,
-        mean ``P^-1 ((a / s^2) H^T y + ((1 - sigma) / sigma^2) x_sigma)``. Returns the mean and ``log diag P^-1``,
-        each (B, n, 1)."""
+    @torch.no_grad()
+    def state_cavities(self, sample: torch.Tensor, sigma: torch.Tensor, channel_features: torch.Tensor):
+        """The EP cavities of ``x in {-1, 1}^n`` (one bit per real symbol) given the channel and the state
+        ``x_sigma``: `gaussian_ep_cavities` with ``A = (a^2 / s^2) H^T H + ((1 - sigma)^2 / sigma^2) I`` and
+        ``b = (a / s^2) H^T y + ((1 - sigma) / sigma^2) x_sigma``, ``s^2 = N0 / 2``. Returns the cavity means and
+        log variances, each (B, n, 1)."""
         amplitude = math.sqrt(get_modulation(self.config.modulation).energy_per_real)
         num_rx = self.config.num_rx
         gram = channel_features[..., 4:4 + self.num_symbols] * num_rx
@@ -147,11 +153,11 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         noise_real = channel_features[:, 0, 3].exp()[:, None] / 2
         sigma = sigma.clamp_min(MIN_FUSION_SIGMA)[:, None]
         eye = torch.eye(self.num_symbols, dtype=sample.dtype, device=sample.device)
-        precision = (amplitude**2 / noise_real)[..., None] * gram + (((1 - sigma) / sigma) ** 2 + 1)[..., None] * eye
-        covariance = torch.linalg.inv(precision)
-        rhs = amplitude / noise_real * matched + (1 - sigma) / sigma**2 * sample
-        mean = (covariance @ rhs[..., None]).squeeze(-1)
-        return mean[..., None], covariance.diagonal(dim1=-2, dim2=-1).log()[..., None]
+        precision = (amplitude**2 / noise_real)[..., None] * gram + ((1 - sigma) / sigma)[..., None] ** 2 * eye
+        linear = amplitude / noise_real * matched + (1 - sigma) / sigma**2 * sample
+        levels = torch.tensor([-1.0, 1.0], dtype=sample.dtype, device=sample.device)
+        mean, variance = gaussian_ep_cavities(precision, linear, levels, self.config.ep_iterations)
+        return mean[..., None], variance.log()[..., None]
 
     def forward(
         self,
@@ -185,8 +191,8 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         tokens = sample.view(batch, self.num_symbols, self.bits_per_real)
         inputs, skip = [tokens, channel_features], 0
         if self.fuses_state:
-            mean, log_variance = self.fused_state_estimate(sample, timestep / self.config.num_train_timesteps,
-                                                           channel_features)
+            mean, log_variance = self.state_cavities(sample, timestep / self.config.num_train_timesteps,
+                                                     channel_features)
             inputs += [mean, log_variance]
             cavity_llr = (2 * mean.squeeze(-1) / log_variance.squeeze(-1).exp()).clamp(-MAX_CAVITY_LLR, MAX_CAVITY_LLR)
             skip = cavity_llr if self.config.prediction_type == "logits" else torch.tanh(cavity_llr / 2)

@@ -9,14 +9,15 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..bits import signal_to_bits, signal_to_probabilities
 from ..flow import predict_x0
-from ..mimo.channel import complex_to_real, get_modulation
+from ..mimo.channel import check_channel_inputs, complex_to_real, get_modulation
+from ..mimo.detectors import list_detection
 from ..mimo.model import (
     MIMOFlowTransformer,  # imported here so that loading a saved pipeline finds the class
 )
 from ..schedulers import BinaryFlowMatchScheduler
 from .hub_loading import BinflowHubMixin
 
-AGGREGATIONS = ("mean", "vote")
+AGGREGATIONS = ("mean", "vote", "likelihood")
 
 
 @dataclass
@@ -110,7 +111,10 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
             num_samples (`int`): Posterior samples per channel use.
             aggregation (`str`): How samples combine: `"mean"` averages each sample's P(bit = 1) (read off its last
                 x_hat) and thresholds at 1/2; `"vote"` takes the majority of the samples' bits (ties go to
-                `"mean"`) and reports the share of votes as the probability.
+                `"mean"`) and reports the share of votes as the probability; `"likelihood"` treats the samples as
+                a candidate list, as list sphere decoders do: the bits are those of the sample whose symbols explain
+                ``y`` best (least ``||y - H s||^2``), the probabilities come from max-log LLRs over the samples
+                (`diffusers_binflow.mimo.detectors.list_detection`).
             generator (`torch.Generator` or a list of them, one per channel use, *optional*): Seeds the noise; with
                 a list, channel use i equals a single-use call with generator i.
             return_dict (`bool`): Return a [`MIMODetectionOutput`] rather than a tuple.
@@ -120,8 +124,9 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
         device, dtype = self._execution_device, self.model.dtype
         if y.is_complex():
             y, H = complex_to_real(y, H, self.modulation)
-        features = self.model.channel_features(y.to(device, dtype), H.to(device, dtype),
-                                               torch.as_tensor(noise_var, dtype=dtype).to(device))
+        y, H = y.to(device, dtype), H.to(device, dtype)
+        features = self.model.channel_features(y, H, torch.as_tensor(noise_var, dtype=dtype).to(device))
+        noise_var = check_channel_inputs(y, H, noise_var)  # N0 as a (B,) tensor, validated above
         batch, num_bits = y.shape[0], self.model.num_bits
         features = features.repeat_interleave(num_samples, dim=0)
 
@@ -152,6 +157,11 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
         if aggregation == "mean":
             probabilities = mean_probabilities
             bits = (probabilities > 0.5).to(dtype)
+        elif aggregation == "likelihood":
+            symbols = get_modulation(self.modulation).bits_to_symbols(sample_bits)  # (B, S, n)
+            distances = ((y[:, None] - symbols @ H.mT) ** 2).sum(-1)
+            detection = list_detection(sample_bits, distances, noise_var[:, None] / 2)
+            bits, probabilities = detection.bits, detection.probabilities
         else:
             probabilities = sample_bits.mean(1)
             bits = torch.where(probabilities == 0.5, mean_probabilities > 0.5, probabilities > 0.5).to(dtype)

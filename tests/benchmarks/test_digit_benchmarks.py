@@ -119,7 +119,7 @@ def test_alignment_digits_smoke(tmp_path):
 def test_peers_digits_smoke(tmp_path):
     run_smoke("peers_digits.py", tmp_path, "--cache_dir", str(tmp_path / "cache"))
     result = json.loads((tmp_path / "peers_digits.json").read_text())
-    expected = ["x-mse", "jit", "rf-fm-euler", "uniform-flip"] + (["dfm-uniform", "dfm-mask"] if HAVE_META else [])
+    expected = ["x-mse-ln", "jit", "rf-fm-euler", "uniform-flip"] + (["dfm-uniform", "dfm-mask"] if HAVE_META else [])
     assert [m["key"] for m in result["methods"]] == expected
     assert result["skipped"] == ([] if HAVE_META else ["dfm-uniform", "dfm-mask"])
     for method in result["methods"]:
@@ -129,8 +129,19 @@ def test_peers_digits_smoke(tmp_path):
             assert 0 <= scores["precision"]["mean"] <= 1 and 0 <= scores["recall"]["mean"] <= 1
     assert all(math.isfinite(x) for x in numbers(result))
     table = (tmp_path / "peers_digits.md").read_text()
-    assert table.count("| x-pred + x-MSE, uniform |") == 3  # FD, seconds, precision / recall tables
+    assert table.count("| x-pred + x-MSE, logit-normal |") == 3  # FD, seconds, precision / recall tables
     check_png(tmp_path / "peers_digits.png")
+
+
+def test_sampler_variants_smoke(tmp_path):
+    stdout = run_smoke("sampler_variants.py", tmp_path, "--cache_dir", str(tmp_path / "cache"))
+    result = json.loads((tmp_path / "sampler_variants.json").read_text())
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert len(rows) == 3 and rows["Heun"]["steps"] == 2 and rows["Heun"]["nfe"] == 3  # 2 Heun steps = 3 calls
+    assert all(row["nfe"] == 3 and row["fd"]["mean"] > 0 and len(row["per_seed"]) == 1 for row in rows.values())
+    assert all(math.isfinite(x) for x in numbers(result))
+    assert "| stochastic (ancestral) Euler | 3 |" in (tmp_path / "sampler_variants.md").read_text()
+    assert "FD" in stdout
 
 
 def test_cost_smoke(tmp_path):

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,13 +36,18 @@ def test_smoke_json_has_every_detector_at_every_snr(smoke):
     assert {"command", "machine", "wall_seconds", "systems"} <= result.keys()
     (system,) = result["systems"]
     names = {p["detector"] for p in system["points"]}
-    assert {"zf", "lmmse", "ml", "kbest-4"} <= names
+    assert {"zf", "lmmse", "ep", "ml", "kbest-4"} <= names
     assert {f"ours-{r} (1 step)" for r in ("bce", "mse", "vloss")} <= names
+    assert {f"ours-{r} (2 steps x 4, likelihood)" for r in ("bce", "mse", "vloss")} <= names
     assert len(system["points"]) == len(names) * len(system["snr_db"])
     for p in system["points"]:
         assert 0 <= p["ber"] <= 1 and p["bits"] > 0 and p["stopped_by"] in ("errors", "bits", "time")
         assert math.isclose(p["ber"], p["bit_errors"] / p["bits"])
-        assert p["nfe"] == (0 if not p["detector"].startswith("ours") else int(p["detector"].split("(")[1][0]))
+        if p["detector"].startswith("ours"):  # "ours-bce (2 steps x 4, likelihood)": steps x samples evaluations
+            counts = re.findall(r"\d+", p["detector"].split("(")[1])
+            assert p["nfe"] == math.prod(int(c) for c in counts)
+        else:
+            assert p["nfe"] == 0
     for model in system["models"].values():
         assert model["optimizer_steps"] == 3 and "train_mimo.py" in model["command"]
 
@@ -66,3 +72,16 @@ def test_snr_at_target_interpolates_in_log_ber():
     points = [{"snr_db": 10.0, "ber": 1e-2}, {"snr_db": 20.0, "ber": 1e-4}]
     assert module.snr_at_target(points) == 15.0
     assert module.snr_at_target([{"snr_db": 0.0, "ber": 0.1}, {"snr_db": 5.0, "ber": 0.05}]) is None
+
+
+def test_filters_rerun_chosen_detectors_at_chosen_snrs_reusing_the_trained_models(smoke, tmp_path):
+    out, _ = smoke
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output_dir", str(tmp_path), "--models_dir",
+                           str(out / "models"), "--detectors", "ml", "ours-bce", "--snr_db", "6"],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training:" not in proc.stdout  # the smoke run's models were found
+    entry = json.loads((tmp_path / "mimo_ber.json").read_text())["systems"][0]
+    names = {p["detector"] for p in entry["points"]}
+    assert "ml" in names and all(n == "ml" or n.startswith("ours-bce (") for n in names) and len(names) == 3
+    assert {p["snr_db"] for p in entry["points"]} == {6.0}

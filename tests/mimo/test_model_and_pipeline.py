@@ -106,12 +106,40 @@ def test_complex_inputs_equal_their_real_equivalent():
     assert torch.equal(a.probabilities, b.probabilities)
 
 
+def untrained_pipeline(num_tx=2, num_rx=2, **model_kwargs):
+    """The network's output layers start at zero: its prediction is the EP cavity's alone."""
+    model = MIMOFlowTransformer(num_tx=num_tx, num_rx=num_rx, modulation="qpsk", hidden_size=16, num_layers=1,
+                                num_heads=2, **model_kwargs)
+    pipe = BinaryFlowMIMOPipeline(model=model.eval(), scheduler=BinaryFlowMatchScheduler(prediction_type="logits"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def test_a_perfect_channel_is_detected_without_error_by_the_cavity_prior():
-    """The untrained network adds nothing to the Gaussian-cavity denoiser, which is exact without noise."""
-    model = MIMOFlowTransformer(num_tx=2, num_rx=2, modulation="qpsk", hidden_size=16, num_layers=1, num_heads=2)
-    pipe = BinaryFlowMIMOPipeline(model=model, scheduler=BinaryFlowMatchScheduler(prediction_type="logits"))
     batch = channel(num=50, snr_db=60.0)
-    assert torch.equal(detect(pipe, batch, num_inference_steps=4).bits, batch.bits)
+    assert torch.equal(detect(untrained_pipeline(), batch, num_inference_steps=4).bits, batch.bits)
+
+
+def test_one_step_of_the_untrained_model_is_the_ep_detector():
+    """At sigma = 1 the state says nothing, so the cavity is EP's on the channel alone."""
+    from diffusers_binflow.mimo import expectation_propagation
+
+    batch = channel(num=200, num_tx=3, num_rx=3, snr_db=8.0)
+    for iterations in (0, 3):
+        out = detect(untrained_pipeline(3, 3, ep_iterations=iterations), batch, num_inference_steps=1)
+        ep = expectation_propagation(batch.y, batch.H, batch.noise_var, "qpsk", iterations=iterations)
+        assert torch.allclose(out.probabilities, ep.probabilities, atol=1e-4)
+
+
+def test_likelihood_aggregation_picks_the_sample_that_explains_y_best():
+    batch = channel(num=40, snr_db=6.0)
+    pipe = tiny_pipeline()
+    out = detect(pipe, batch, num_inference_steps=3, num_samples=5, aggregation="likelihood")
+    symbols = get_modulation("qpsk").bits_to_symbols(out.sample_bits)  # (B, S, n)
+    distances = ((batch.y[:, None] - symbols @ batch.H.mT) ** 2).sum(-1)
+    best = out.sample_bits[torch.arange(40), distances.argmin(1)]
+    assert torch.equal(out.bits, best)
+    assert torch.equal((out.probabilities > 0.5).float(), out.bits)
 
 
 def test_bad_input_is_refused_with_a_reason():

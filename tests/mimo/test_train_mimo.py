@@ -64,11 +64,12 @@ def test_resuming_gives_the_weights_of_an_uninterrupted_run(trained, tmp_path):
 
 def test_recipe_options_reach_the_loss(tmp_path):
     proc = train(tmp_path, "--max_train_steps", "2", "--prediction_type", "sample", "--loss_type", "mse",
-                 "--loss_space", "v")
+                 "--loss_space", "v", "--ep_iterations", "2")
     assert "misaligned" in proc.stderr  # the library's warning for x-prediction with a v-loss
     from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
 
-    assert BinaryFlowMIMOPipeline.from_pretrained(tmp_path).model.config.prediction_type == "sample"
+    config = BinaryFlowMIMOPipeline.from_pretrained(tmp_path).model.config
+    assert config.prediction_type == "sample" and config.ep_iterations == 2
 
 
 def test_push_to_hub_uploads_pipeline_and_card_but_no_checkpoints(session_hub, tmp_path):
@@ -83,3 +84,5 @@ def test_bad_options_are_refused(tmp_path):
     assert "needs --prediction_type logits" in train(tmp_path, "--prediction_type", "sample", "--loss_type", "bce",
                                                      expect_failure=True).stderr
     assert "--num_rx must be at least" in train(tmp_path, "--num_tx", "3", expect_failure=True).stderr
+    assert "--ep_iterations must be at least 0" in train(tmp_path, "--ep_iterations", "-1",
+                                                         expect_failure=True).stderr
