@@ -78,6 +78,14 @@ def save_checkpoint(accelerator, output_dir: Path, global_step: int, checkpoints
     accelerator.save_state(str(Path(output_dir) / f"checkpoint-{global_step}"))
 
 
+def micro_batch_generator(accelerator, seed: int, micro_step: int) -> torch.Generator:
+    """The generator of one micro-batch on this process. Its seed depends on the run's seed, the micro-step and the
+    process alone, so every draw of the micro-batch (sigmas, noise, label dropout, simulated channels) is the same
+    in a resumed run as in an uninterrupted one."""
+    return torch.Generator(accelerator.device).manual_seed(
+        seed * 1_000_003 + micro_step * accelerator.num_processes + accelerator.process_index)
+
+
 class EpochPermutationSampler(torch.utils.data.Sampler):
     """Shuffles with a permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
 

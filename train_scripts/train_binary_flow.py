@@ -44,6 +44,7 @@ from diffusers_binflow.training import (
 from diffusers_binflow.training_runs import (
     EpochPermutationSampler,
     add_optimisation_arguments,
+    micro_batch_generator,
     push_or_exit,
     register_checkpoint_hooks,
     save_checkpoint,
@@ -209,8 +210,7 @@ def main(args):
         for batch_index, batch in enumerate(epoch_loader, start=skip_batches if epoch == first_epoch else 0):
             # Every micro-batch draws its sigmas, noise and label dropout from its own seed: resumption is exact.
             micro_step = epoch * len(loader) + batch_index
-            generator = torch.Generator(accelerator.device).manual_seed(
-                args.seed * 1_000_003 + micro_step * accelerator.num_processes + accelerator.process_index)
+            generator = micro_batch_generator(accelerator, args.seed, micro_step)
             labels = None
             if num_classes is not None:
                 labels = batch["label"].to(accelerator.device)

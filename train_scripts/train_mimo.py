@@ -42,6 +42,7 @@ from diffusers_binflow.training import (
     flow_matching_loss,
 )
 from diffusers_binflow.training_runs import (
+    micro_batch_generator,
     push_or_exit,
     register_checkpoint_hooks,
     save_checkpoint,
@@ -180,8 +181,7 @@ def main(args):
         for micro in range(args.gradient_accumulation_steps):
             # Each micro-batch (channels, SNRs, sigmas, noise) comes from its own seed: resumption is exact.
             micro_step = global_step * args.gradient_accumulation_steps + micro
-            generator = torch.Generator(accelerator.device).manual_seed(
-                args.seed * 1_000_003 + micro_step * accelerator.num_processes + accelerator.process_index)
+            generator = micro_batch_generator(accelerator, args.seed, micro_step)
             snr_db = args.snr_db_min + (args.snr_db_max - args.snr_db_min) * torch.rand(
                 args.train_batch_size, generator=generator, device=accelerator.device)
             batch = simulate(args.train_batch_size, args.num_tx, args.num_rx, args.modulation, snr_db,

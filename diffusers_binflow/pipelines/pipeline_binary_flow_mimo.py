@@ -126,7 +126,6 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
             y, H = complex_to_real(y, H, self.modulation)
         y, H = y.to(device, dtype), H.to(device, dtype)
         features = self.model.channel_features(y, H, torch.as_tensor(noise_var, dtype=dtype).to(device))
-        noise_var = check_channel_inputs(y, H, noise_var)  # N0 as a (B,) tensor, validated above
         batch, num_bits = y.shape[0], self.model.num_bits
         features = features.repeat_interleave(num_samples, dim=0)
 
@@ -160,7 +159,8 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
         elif aggregation == "likelihood":
             symbols = get_modulation(self.modulation).bits_to_symbols(sample_bits)  # (B, S, n)
             distances = ((y[:, None] - symbols @ H.mT) ** 2).sum(-1)
-            detection = list_detection(sample_bits, distances, noise_var[:, None] / 2)
+            noise_real = check_channel_inputs(y, H, noise_var)[:, None] / 2  # N0 / 2 per channel use, (B, 1)
+            detection = list_detection(sample_bits, distances, noise_real)
             bits, probabilities = detection.bits, detection.probabilities
         else:
             probabilities = sample_bits.mean(1)
