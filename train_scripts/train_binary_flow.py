@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from diffusers import UNet2DModel
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
 from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
+from diffusers_binflow.checkpoints import register_checkpoint_hooks, resume_position
 from diffusers_binflow.data import (
     Binarizer,
     BinaryImageDataset,
@@ -33,7 +33,7 @@ from diffusers_binflow.data import (
 )
 from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
 from diffusers_binflow.metrics import MIN_FD_SAMPLES, DigitMetrics
-from diffusers_binflow.model_card import render_model_card
+from diffusers_binflow.model_cards import render_model_card, settings_of
 from diffusers_binflow.models import build_unet
 from diffusers_binflow.training import (
     RECIPE_OPTIONS,
@@ -42,21 +42,32 @@ from diffusers_binflow.training import (
     flow_matching_loss,
 )
 from diffusers_binflow.training_runs import (
-    EpochPermutationSampler,
+    EpochOrder,
     add_optimisation_arguments,
+    add_run_arguments,
+    build_lr_scheduler,
+    build_optimizer,
+    build_pipeline,
+    check_arguments,
     micro_batch_generator,
+    prepare_model,
     push_or_exit,
-    register_checkpoint_hooks,
-    save_checkpoint,
     start_run,
 )
 
 logger = logging.getLogger(__name__)
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template.md"
+SCRIPT = "train_binary_flow"
 # Options a resumed run must share with the run that wrote the checkpoint.
-RESUME_OPTIONS = ("model_config", "resolution", *RECIPE_OPTIONS, "class_conditional", "seed",
-                  "train_batch_size", "gradient_accumulation_steps", "learning_rate", "dataset_name",
-                  "train_data_dir", "binarize_threshold", "stochastic_binarization")
+RESUME_OPTIONS = ("model_config", "resolution", *RECIPE_OPTIONS, "class_conditional", "label_dropout", "seed",
+                  "train_batch_size", "gradient_accumulation_steps", "learning_rate", "use_ema", "dataset_name",
+                  "dataset_config_name", "train_data_dir", "binarize_threshold", "stochastic_binarization",
+                  "pretrained_model_name_or_path")
+# The training options a model card reports, in this order.
+CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean",
+                 "logit_std", "v_clamp", "weighting_max", "bit_scale", "train_batch_size",
+                 "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "use_ema", "ema_max_decay",
+                 "mixed_precision", "seed", "solver", "num_inference_steps", "binarize_threshold",
+                 "stochastic_binarization", "resolution")
 
 
 def parse_args(argv=None):
@@ -64,6 +75,7 @@ def parse_args(argv=None):
     data = parser.add_argument_group("data (default: the bundled MNIST digits)")
     data.add_argument("--train_data_dir", help="A folder of images (class subfolders give labels).")
     data.add_argument("--dataset_name", help="A `datasets` dataset: Hub id or local path.")
+    data.add_argument("--dataset_config_name", default=None, help="The dataset's configuration, if it has several.")
     data.add_argument("--image_column", default="image")
     data.add_argument("--label_column", default=None)
     data.add_argument("--resolution", type=int, default=None, help="Resize images to this square size.")
@@ -79,39 +91,30 @@ def parse_args(argv=None):
     add_recipe_arguments(model)
 
     add_optimisation_arguments(parser, train_batch_size=64)
+    add_run_arguments(parser, logging_steps=20)
 
-    evaluate = parser.add_argument_group("validation, logging, checkpoints")
-    evaluate.add_argument("--output_dir", required=True)
+    evaluate = parser.add_argument_group("validation")
     evaluate.add_argument("--validation_steps", type=int, default=250)
     evaluate.add_argument("--num_inference_steps", type=int, default=16)
     evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
     evaluate.add_argument("--guidance_scale", type=float, default=2.0, help="For class-conditional validation.")
     evaluate.add_argument("--metrics_num_samples", type=int, default=0,
                           help="At the end, score this many samples (>= 200) with the digit metrics (1x28x28 data).")
-    evaluate.add_argument("--logging_steps", type=int, default=20)
-    evaluate.add_argument("--checkpointing_steps", type=int, default=500)
-    evaluate.add_argument("--checkpoints_total_limit", type=int, default=None)
-    evaluate.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
-    evaluate.add_argument("--report_to", default="auto", choices=["auto", "jsonl", "tensorboard"],
-                          help="logs/train_log.jsonl is always written; auto adds TensorBoard when it is installed.")
-
-    hub = parser.add_argument_group("publishing")
-    hub.add_argument("--push_to_hub", action="store_true")
-    hub.add_argument("--hub_model_id", default=None, help="Defaults to the output folder's name.")
-    hub.add_argument("--hub_token", default=None, help="Never written anywhere; default: your saved login.")
-    hub.add_argument("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
 
+    check_arguments(parser, args, at_least_one=("validation_steps", "num_inference_steps"))
     if args.train_data_dir and args.dataset_name:
         parser.error("Give either --train_data_dir or --dataset_name, not both.")
-    if args.loss_type == "bce" and args.prediction_type != "logits":
-        parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits.")
     if args.metrics_num_samples and args.metrics_num_samples < MIN_FD_SAMPLES:
         parser.error(f"--metrics_num_samples must be 0 (off) or at least {MIN_FD_SAMPLES}.")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "validation_steps",
-                 "checkpointing_steps", "logging_steps", "num_inference_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1.")
+    if not 0 <= args.label_dropout <= 1:
+        parser.error(f"--label_dropout must be in [0, 1], got {args.label_dropout}.")
+    if not 1 <= args.binarize_threshold <= 255:
+        parser.error(f"--binarize_threshold must be in [1, 255], got {args.binarize_threshold}.")
+    if not args.guidance_scale >= 0 or args.guidance_scale == float("inf"):
+        parser.error(f"--guidance_scale must be finite and at least 0, got {args.guidance_scale}.")
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be at least 0, got {args.dataloader_num_workers}.")
     return args
 
 
@@ -123,94 +126,84 @@ def load_training_data(args) -> BinaryImageDataset:
         return from_image_folder(args.train_data_dir, **options)
     if args.dataset_name:
         return from_hf_dataset(args.dataset_name, image_column=args.image_column, label_column=args.label_column,
-                               **options)
+                               dataset_config_name=args.dataset_config_name, cache_dir=args.cache_dir, **options)
     return from_bundled_digits("train", **options)
 
 
 def main(args):
-    output_dir = Path(args.output_dir)
     set_seed(args.seed)  # before the model is built: its initial weights are part of the run
     dataset = load_training_data(args)
     channels, height, width = dataset.image_shape
     if height != width:
-        raise ValueError(f"Images are {height}x{width}; pass --resolution to make them square.")
+        raise SystemExit(f"Images are {height}x{width}; pass --resolution to make them square.")
     if args.class_conditional and dataset.num_classes is None:
-        raise ValueError("--class_conditional needs labels: class subfolders, --label_column, or the bundled digits.")
+        raise SystemExit("--class_conditional needs labels: class subfolders, --label_column, or the bundled digits.")
     num_classes = dataset.num_classes if args.class_conditional else None
     null_class = num_classes  # the extra class id used for label dropout and guidance
 
     if args.pretrained_model_name_or_path:
-        base = BinaryFlowPipeline.from_pretrained(args.pretrained_model_name_or_path)
+        base = BinaryFlowPipeline.from_pretrained(args.pretrained_model_name_or_path, cache_dir=args.cache_dir)
         unet, base_null = base.unet, base.config.null_class_label
         if (unet.config.in_channels, unet.config.sample_size) != (channels, height):
-            raise ValueError(f"The pretrained model works on {unet.config.in_channels} channel(s) at "
+            raise SystemExit(f"The pretrained model works on {unet.config.in_channels} channel(s) at "
                              f"{unet.config.sample_size}px, the data is {channels} channel(s) at {height}px: "
                              "pass a matching --resolution.")
         if (base_null is None) != (num_classes is None):
-            raise ValueError("The pretrained model is " + ("unconditional: drop --class_conditional." if base_null
+            raise SystemExit("The pretrained model is " + ("unconditional: drop --class_conditional." if base_null
                              is None else "class-conditional: pass --class_conditional with labelled data."))
         if num_classes is not None and num_classes > base_null:
-            raise ValueError(f"The pretrained model knows {base_null} classes, the data has {num_classes}.")
+            raise SystemExit(f"The pretrained model knows {base_null} classes, the data has {num_classes}.")
         null_class = base_null  # new classes reuse the first embedding slots; the null class stays
     else:
         unet = build_unet(args.model_config, height, channels, None if num_classes is None else num_classes + 1)
+    prepare_model(unet, args)
+    data = EpochOrder(dataset, args.seed)
+    loader = data.data_loader(args.train_batch_size, args.dataloader_num_workers)
 
-    run = start_run(args, output_dir, RESUME_OPTIONS)
-    accelerator, checkpoint, repo_id = run.accelerator, run.checkpoint, run.repo_id
+    run = start_run(args, SCRIPT, RESUME_OPTIONS, tracker_name="binary_flow")
+    accelerator, output_dir = run.accelerator, run.output_dir
 
     ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
                    power=args.ema_power, model_cls=UNet2DModel, model_config=unet.config) if args.use_ema else None
-
     register_checkpoint_hooks(accelerator, ema, UNet2DModel, "unet")
 
-    sampler = EpochPermutationSampler(len(dataset), args.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler,
-                                         num_workers=args.dataloader_num_workers, drop_last=True)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay)
-    updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=max_train_steps)
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    loader = accelerator.prepare(loader)  # first: its length is now this process's share of the batches
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    optimizer = build_optimizer(unet, args)
+    lr_scheduler = build_lr_scheduler(args, optimizer, accelerator.num_processes, max_train_steps)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-    if accelerator.is_main_process and run.tensorboard:
-        accelerator.init_trackers("binary_flow")
 
     loss_config = FlowLossConfig.from_args(args)
     noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
                                                solver=args.solver)
 
-    global_step, first_epoch, skip_batches, last_loss = 0, 0, 0, None
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = int(checkpoint.name.split("-")[1])
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    global_step, last_loss = run.global_step, None
+    if run.checkpoint is not None:
+        accelerator.print(f"Resuming from {run.checkpoint}")
+        accelerator.load_state(str(run.checkpoint))
+    first_epoch, skip_batches = resume_position(global_step, steps_per_epoch, args.gradient_accumulation_steps)
 
     logger.info(f"{len(dataset)} images of {channels}x{height}x{width}, {num_classes or 'no'} classes; "
                 f"{sum(p.numel() for p in unet.parameters()):,} parameters; {max_train_steps} optimiser steps of "
-                f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} images")
-    log_path = output_dir / "logs" / "train_log.jsonl"
+                f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} images; "
+                f"mixed precision {accelerator.mixed_precision}")
     diagnostics = {"sigmas": [], "loss": [], "grad": []}
     progress = tqdm(range(max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
     start = time.perf_counter()
 
-    for epoch in range(first_epoch, num_epochs):
+    for epoch in range(first_epoch, math.ceil(max_train_steps / steps_per_epoch)):
         if global_step >= max_train_steps:  # a finished run resumed: nothing left to train
             break
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
+        data.begin_epoch(epoch)
         unet.train()
-        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
-        for batch_index, batch in enumerate(epoch_loader, start=skip_batches if epoch == first_epoch else 0):
+        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+        for batch_index, batch in enumerate(epoch_loader, start=skip_batches):
             # Every micro-batch draws its sigmas, noise and label dropout from its own seed: resumption is exact.
-            micro_step = epoch * len(loader) + batch_index
-            generator = micro_batch_generator(accelerator, args.seed, micro_step)
+            generator = micro_batch_generator(accelerator, args.seed, epoch * len(loader) + batch_index)
             labels = None
             if num_classes is not None:
                 labels = batch["label"].to(accelerator.device)
@@ -223,6 +216,7 @@ def main(args):
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                    run.stop_if_diverged(grad_norm, out.loss, global_step)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -239,45 +233,46 @@ def main(args):
             progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.1e}")
 
             if global_step % args.logging_steps == 0:
-                record = log_step(accelerator, diagnostics, global_step, epoch, grad_norm, lr_scheduler, start)
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    accelerator.log({"loss": record["loss"], "grad_norm": record["grad_norm"]}, step=global_step)
+                run.log(log_step(accelerator, diagnostics, global_step, epoch, grad_norm, lr_scheduler, start),
+                        tracked=("loss", "grad_norm", "lr"))
                 diagnostics = {"sigmas": [], "loss": [], "grad": []}
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                run.save_checkpoint(unet, global_step)
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                save_sample_grid(accelerator, unet, ema, noise_scheduler, args, num_classes, null_class,
-                                 output_dir / "samples" / f"step_{global_step:06d}.png")
+                save_sample_grid(build_pipeline(BinaryFlowPipeline, accelerator, unet, ema, "unet",
+                                                scheduler=noise_scheduler, null_class_label=null_class),
+                                 args, num_classes, output_dir / "samples" / f"step_{global_step:06d}.png")
             if global_step >= max_train_steps:
                 break
         skip_batches = 0
-        if global_step >= max_train_steps:
-            break
     progress.close()
-    if global_step % args.checkpointing_steps:
-        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # a rerun with --resume_from_checkpoint is a no-op
+    run.save_checkpoint(unet, global_step)  # a rerun with --resume_from_checkpoint latest is then a no-op
 
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipeline = build_pipeline(accelerator, unet, ema, noise_scheduler, null_class)
+        pipeline = build_pipeline(BinaryFlowPipeline, accelerator, unet, ema, "unet", scheduler=noise_scheduler,
+                                  null_class_label=null_class)
         pipeline.save_pretrained(str(output_dir))
         grid_path = output_dir / "sample_grid.png"
-        save_sample_grid(accelerator, unet, ema, noise_scheduler, args, num_classes, null_class, grid_path)
+        save_sample_grid(pipeline, args, num_classes, grid_path)
         summary = {"optimizer_steps": global_step, "train_seconds": round(time.perf_counter() - start, 1),
                    "num_parameters": sum(p.numel() for p in pipeline.unet.parameters()),
+                   "mixed_precision": accelerator.mixed_precision,
                    "final_training_loss": None if last_loss is None else round(last_loss, 5)}
         if args.metrics_num_samples:
             summary.update(digit_metrics(pipeline, args, num_classes))
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
         (output_dir / "README.md").write_text(render_model_card(
-            MODEL_CARD_TEMPLATE.read_text(), args=args, repo_id=repo_id or output_dir.name, metrics=summary,
-            num_classes=num_classes, null_class_label=null_class, image_shape=dataset.image_shape,
-            grid_file=grid_path.name))
+            "BinaryFlowPipeline", repo_id=run.repo_id or output_dir.name, conditional=num_classes is not None,
+            tags=["diffusers-training"] + (["class-conditional"] if num_classes else
+                                           ["unconditional-image-generation"]),
+            datasets=[args.dataset_name or ("mnist" if not args.train_data_dir else None)],
+            base_model=args.pretrained_model_name_or_path, settings=settings_of(args, CARD_SETTINGS),
+            metrics=summary, channels=channels, resolution=height, num_classes=num_classes,
+            null_class_label=null_class, guidance_scale=args.guidance_scale,
+            num_inference_steps=args.num_inference_steps, grid_file=grid_path.name))
         accelerator.print(f"Saved the pipeline and {grid_path} in {output_dir}")
         if args.push_to_hub:
-            push_or_exit(output_dir, repo_id, BinaryFlowPipeline, args.hub_token)
+            push_or_exit(run, BinaryFlowPipeline, args.hub_token)
     accelerator.end_training()
 
 
@@ -293,21 +288,8 @@ def log_step(accelerator, diagnostics, global_step, epoch, grad_norm, lr_schedul
     }
 
 
-def build_pipeline(accelerator, unet, ema, noise_scheduler, null_class) -> BinaryFlowPipeline:
-    """A pipeline holding a copy of the (EMA) weights."""
-    model = accelerator.unwrap_model(unet)
-    weights = UNet2DModel.from_config(model.config).to(accelerator.device)
-    weights.load_state_dict(model.state_dict())
-    if ema is not None:
-        ema.copy_to(weights.parameters())
-    pipeline = BinaryFlowPipeline(unet=weights.eval(), scheduler=noise_scheduler, null_class_label=null_class)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def save_sample_grid(accelerator, unet, ema, noise_scheduler, args, num_classes, null_class, path: Path):
-    """A grid of samples from the EMA weights: one row per class (8 per row), or 8x8 unconditional samples."""
-    pipeline = build_pipeline(accelerator, unet, ema, noise_scheduler, null_class)
+def save_sample_grid(pipeline: BinaryFlowPipeline, args, num_classes, path: Path):
+    """A grid of samples: one row per class (8 per row), or 8x8 unconditional samples."""
     rows = min(num_classes, 10) if num_classes else 8
     labels = None if num_classes is None else torch.arange(rows).repeat_interleave(8).tolist()
     images = pipeline(batch_size=rows * 8, class_labels=labels, guidance_scale=args.guidance_scale if labels else 1.0,

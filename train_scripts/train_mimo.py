@@ -13,14 +13,13 @@ import argparse
 import json
 import logging
 import time
-from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from diffusers_binflow.checkpoints import register_checkpoint_hooks
 from diffusers_binflow.mimo import (
     MODULATIONS,
     get_modulation,
@@ -32,7 +31,7 @@ from diffusers_binflow.mimo import (
 from diffusers_binflow.mimo.detectors import EP_ITERATIONS
 from diffusers_binflow.mimo.evaluation import measure_ber
 from diffusers_binflow.mimo.model import MIMOFlowTransformer
-from diffusers_binflow.mimo.model_card import render_mimo_model_card
+from diffusers_binflow.model_cards import render_model_card, settings_of
 from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
 from diffusers_binflow.schedulers import BinaryFlowMatchScheduler
 from diffusers_binflow.training import (
@@ -42,19 +41,29 @@ from diffusers_binflow.training import (
     flow_matching_loss,
 )
 from diffusers_binflow.training_runs import (
+    add_optimisation_arguments,
+    add_run_arguments,
+    build_lr_scheduler,
+    build_optimizer,
+    build_pipeline,
+    check_arguments,
     micro_batch_generator,
+    prepare_model,
     push_or_exit,
-    register_checkpoint_hooks,
-    save_checkpoint,
     start_run,
 )
 
 logger = logging.getLogger(__name__)
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template_mimo.md"
+SCRIPT = "train_mimo"
 # Options a resumed run must share with the run that wrote the checkpoint.
 RESUME_OPTIONS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "hidden_size", "num_layers",
                   "num_heads", "mlp_ratio", "ep_iterations", *RECIPE_OPTIONS, "seed", "train_batch_size",
-                  "gradient_accumulation_steps", "learning_rate")
+                  "gradient_accumulation_steps", "learning_rate", "use_ema")
+# The training options a MIMO model card reports, in this order.
+CARD_SETTINGS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "hidden_size", "num_layers",
+                 "num_heads", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "v_clamp",
+                 "weighting_max", "train_batch_size", "max_train_steps", "learning_rate", "lr_scheduler", "use_ema",
+                 "seed", "solver", "num_inference_steps")
 # Exhaustive ML is the reference up to this many bits per channel use; K-best beyond.
 ML_MAX_BITS = 16
 
@@ -79,55 +88,35 @@ def parse_args(argv=None):
     add_recipe_arguments(model, prediction_types=("sample", "logits"), prediction_type="logits", loss_type="bce",
                          timestep_sampling="uniform")
 
-    train = parser.add_argument_group("optimisation")
-    train.add_argument("--train_batch_size", type=int, default=256, help="Channel uses per step and process.")
-    train.add_argument("--max_train_steps", type=int, default=2000)
+    # A stream of simulated channel uses: no epochs. AdamW's and EMAModel's own defaults, as measured in
+    # benchmarks/mimo_ber.py.
+    train = add_optimisation_arguments(parser, epochs=False, train_batch_size=256, max_train_steps=2000,
+                                       adam_beta2=0.999, ema_power=2 / 3)
     train.add_argument("--max_train_seconds", type=float, default=None,
                        help="Stop earlier once training has run this long (the summary records the steps done).")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--learning_rate", type=float, default=1e-3)
-    train.add_argument("--lr_scheduler", default="cosine",
-                       choices=["linear", "cosine", "constant", "constant_with_warmup"])
-    train.add_argument("--lr_warmup_steps", type=int, default=100)
-    train.add_argument("--adam_weight_decay", type=float, default=0.0)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
-    train.add_argument("--ema_max_decay", type=float, default=0.999)
-    train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    train.add_argument("--seed", type=int, default=0)
+    add_run_arguments(parser, logging_steps=50)
 
-    evaluate = parser.add_argument_group("evaluation, logging, checkpoints")
-    evaluate.add_argument("--output_dir", required=True)
+    evaluate = parser.add_argument_group("evaluation")
     evaluate.add_argument("--num_inference_steps", type=int, default=1)
     evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
     evaluate.add_argument("--eval_snr_db", default="0,4,8,12,16,20",
                           help="Comma-separated SNRs (dB) of the model card's BER table.")
     evaluate.add_argument("--eval_channel_uses", type=int, default=4096, help="Channel uses per SNR in that table.")
-    evaluate.add_argument("--logging_steps", type=int, default=50)
-    evaluate.add_argument("--checkpointing_steps", type=int, default=500)
-    evaluate.add_argument("--checkpoints_total_limit", type=int, default=None)
-    evaluate.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
-
-    hub = parser.add_argument_group("publishing")
-    hub.add_argument("--push_to_hub", action="store_true")
-    hub.add_argument("--hub_model_id", default=None, help="Defaults to the output folder's name.")
-    hub.add_argument("--hub_token", default=None, help="Never written anywhere; default: your saved login.")
-    hub.add_argument("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
 
-    if args.loss_type == "bce" and (args.prediction_type != "logits" or args.loss_space != "x"):
-        parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits and "
-                     "--loss_space x.")
+    check_arguments(parser, args, at_least_one=("num_tx", "num_rx", "num_inference_steps", "eval_channel_uses"))
+    if args.loss_type == "bce" and args.loss_space != "x":
+        parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --loss_space x.")
     if args.num_rx < args.num_tx:
         parser.error("--num_rx must be at least --num_tx.")
     if args.ep_iterations < 0:
         parser.error("--ep_iterations must be at least 0.")
+    if not (abs(args.snr_db_min) < float("inf") and abs(args.snr_db_max) < float("inf")):
+        parser.error("--snr_db_min and --snr_db_max must be finite.")
     if args.snr_db_max < args.snr_db_min:
         parser.error("--snr_db_max must be at least --snr_db_min.")
-    for name in ("num_tx", "train_batch_size", "max_train_steps", "gradient_accumulation_steps", "logging_steps",
-                 "checkpointing_steps", "num_inference_steps", "eval_channel_uses"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1.")
+    if args.max_train_seconds is not None and not args.max_train_seconds > 0:
+        parser.error(f"--max_train_seconds must be positive, got {args.max_train_seconds}.")
     try:
         args.eval_snr_db = [float(v) for v in str(args.eval_snr_db).split(",") if v.strip()]
     except ValueError:
@@ -136,24 +125,23 @@ def parse_args(argv=None):
 
 
 def main(args):
-    output_dir = Path(args.output_dir)
     set_seed(args.seed)  # before the model is built: its initial weights are part of the run
     model = MIMOFlowTransformer(num_tx=args.num_tx, num_rx=args.num_rx, modulation=args.modulation,
                                 hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
                                 mlp_ratio=args.mlp_ratio, prediction_type=args.prediction_type,
                                 ep_iterations=args.ep_iterations)
+    prepare_model(model, args)
 
-    run = start_run(args, output_dir, RESUME_OPTIONS)
-    accelerator, checkpoint, repo_id = run.accelerator, run.checkpoint, run.repo_id
+    run = start_run(args, SCRIPT, RESUME_OPTIONS, tracker_name="binary_flow_mimo")
+    accelerator, output_dir = run.accelerator, run.output_dir
 
-    ema = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, model_cls=MIMOFlowTransformer,
-                   model_config=model.config) if args.use_ema else None
-
+    ema = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
+                   power=args.ema_power, model_cls=MIMOFlowTransformer, model_config=model.config) \
+        if args.use_ema else None
     register_checkpoint_hooks(accelerator, ema, MIMOFlowTransformer, "model")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=args.max_train_steps)
+    optimizer = build_optimizer(model, args)
+    lr_scheduler = build_lr_scheduler(args, optimizer, accelerator.num_processes, args.max_train_steps)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
@@ -162,17 +150,16 @@ def main(args):
     noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
                                                solver=args.solver)
 
-    global_step, last_loss = 0, None
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = int(checkpoint.name.split("-")[1])
+    global_step, last_loss = run.global_step, None
+    if run.checkpoint is not None:
+        accelerator.print(f"Resuming from {run.checkpoint}")
+        accelerator.load_state(str(run.checkpoint))
 
-    logger.info(f"{args.num_tx}x{args.num_rx} {args.modulation}, {model_num_bits(accelerator, model)} bits per "
-                f"channel use; {sum(p.numel() for p in model.parameters()):,} parameters; {args.max_train_steps} "
-                f"optimiser steps of {args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps}"
-                " channel uses")
-    log_path = output_dir / "logs" / "train_log.jsonl"
+    num_bits = accelerator.unwrap_model(model).num_bits
+    logger.info(f"{args.num_tx}x{args.num_rx} {args.modulation}, {num_bits} bits per channel use; "
+                f"{sum(p.numel() for p in model.parameters()):,} parameters; {args.max_train_steps} optimiser steps "
+                f"of {args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} channel "
+                f"uses; mixed precision {accelerator.mixed_precision}")
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
     start, window = time.perf_counter(), []
@@ -180,8 +167,8 @@ def main(args):
     while global_step < args.max_train_steps:
         for micro in range(args.gradient_accumulation_steps):
             # Each micro-batch (channels, SNRs, sigmas, noise) comes from its own seed: resumption is exact.
-            micro_step = global_step * args.gradient_accumulation_steps + micro
-            generator = micro_batch_generator(accelerator, args.seed, micro_step)
+            generator = micro_batch_generator(accelerator, args.seed,
+                                              global_step * args.gradient_accumulation_steps + micro)
             snr_db = args.snr_db_min + (args.snr_db_max - args.snr_db_min) * torch.rand(
                 args.train_batch_size, generator=generator, device=accelerator.device)
             batch = simulate(args.train_batch_size, args.num_tx, args.num_rx, args.modulation, snr_db,
@@ -193,6 +180,7 @@ def main(args):
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    run.stop_if_diverged(grad_norm, out.loss, global_step)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -205,57 +193,42 @@ def main(args):
         progress.set_postfix(loss=f"{last_loss:.4f}")
 
         if global_step % args.logging_steps == 0:
-            record = {"step": global_step, "loss": accelerator.gather(torch.stack(window)).mean().item(),
-                      "grad_norm": None if grad_norm is None else float(grad_norm),
-                      "lr": lr_scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 1)}
+            run.log({"step": global_step, "loss": accelerator.gather(torch.stack(window)).mean().item(),
+                     "grad_norm": None if grad_norm is None else float(grad_norm),
+                     "lr": lr_scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 1)},
+                    tracked=("loss", "grad_norm", "lr"))
             window = []
-            if accelerator.is_main_process:
-                with log_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
         if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            run.save_checkpoint(model, global_step)
         if args.max_train_seconds is not None and time.perf_counter() - start >= args.max_train_seconds:
             break
     progress.close()
     train_seconds = round(time.perf_counter() - start, 1)
-    if global_step % args.checkpointing_steps:
-        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    run.save_checkpoint(model, global_step)  # a rerun with --resume_from_checkpoint latest is then a no-op
 
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipeline = build_pipeline(accelerator, model, ema, noise_scheduler)
+        pipeline = build_pipeline(BinaryFlowMIMOPipeline, accelerator, model, ema, "model", scheduler=noise_scheduler)
         pipeline.save_pretrained(str(output_dir))
         ber_table, counts, description = ber_table_for_card(pipeline, args)
         summary = {"optimizer_steps": global_step, "train_seconds": train_seconds,
                    "num_parameters": sum(p.numel() for p in pipeline.model.parameters()),
+                   "mixed_precision": accelerator.mixed_precision,
                    "final_training_loss": None if last_loss is None else round(last_loss, 5),
                    "ber": {name: {f"{snr:g}": ber for snr, ber in table.items()} for name, table in ber_table.items()},
                    "ber_counts": counts}
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
-        metrics = {k: v for k, v in summary.items() if k not in ("ber", "ber_counts")}
-        (output_dir / "README.md").write_text(render_mimo_model_card(
-            MODEL_CARD_TEMPLATE.read_text(), args=args, repo_id=repo_id or output_dir.name,
-            num_bits=pipeline.model.num_bits, ber_table=ber_table, metrics=metrics, eval_description=description))
+        snrs = sorted({snr for results in ber_table.values() for snr in results})
+        (output_dir / "README.md").write_text(render_model_card(
+            "BinaryFlowMIMOPipeline", repo_id=run.repo_id or output_dir.name,
+            tags=["mimo-detection", "diffusers-training"], settings=settings_of(args, CARD_SETTINGS),
+            metrics={k: v for k, v in summary.items() if k not in ("ber", "ber_counts")}, num_tx=args.num_tx,
+            num_rx=args.num_rx, modulation=args.modulation, num_bits=num_bits,
+            num_inference_steps=args.num_inference_steps, detectors=list(ber_table), eval_description=description,
+            ber_rows=[[f"{snr:g}"] + [f"{table[snr]:.2e}" for table in ber_table.values()] for snr in snrs]))
         accelerator.print(f"Saved the pipeline and its model card in {output_dir}")
         if args.push_to_hub:
-            push_or_exit(output_dir, repo_id, BinaryFlowMIMOPipeline, args.hub_token)
+            push_or_exit(run, BinaryFlowMIMOPipeline, args.hub_token)
     accelerator.end_training()
-
-
-def model_num_bits(accelerator, model) -> int:
-    return accelerator.unwrap_model(model).num_bits
-
-
-def build_pipeline(accelerator, model, ema, noise_scheduler) -> BinaryFlowMIMOPipeline:
-    """A pipeline holding a copy of the (EMA) weights."""
-    trained = accelerator.unwrap_model(model)
-    weights = MIMOFlowTransformer.from_config(trained.config).to(accelerator.device)
-    weights.load_state_dict(trained.state_dict())
-    if ema is not None:
-        ema.copy_to(weights.parameters())
-    pipeline = BinaryFlowMIMOPipeline(model=weights.eval(), scheduler=noise_scheduler)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def ber_table_for_card(pipeline: BinaryFlowMIMOPipeline, args):

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from huggingface_hub import ModelCard, ModelCardData
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from diffusers_binflow import BinaryFlowMatchScheduler
+from diffusers_binflow.checkpoints import register_checkpoint_hooks, resume_position
 from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.flow import X_PREDICTION_TYPES
+from diffusers_binflow.model_cards import render_model_card, settings_of
 from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
 from diffusers_binflow.sequences import (
     BIT_CODES,
@@ -48,21 +48,26 @@ from diffusers_binflow.training import (
     flow_matching_loss,
 )
 from diffusers_binflow.training_runs import (
-    EpochPermutationSampler,
+    EpochOrder,
     add_optimisation_arguments,
+    add_run_arguments,
+    build_lr_scheduler,
+    build_optimizer,
+    build_pipeline,
+    check_arguments,
     micro_batch_generator,
+    prepare_model,
     push_or_exit,
-    register_checkpoint_hooks,
-    save_checkpoint,
     start_run,
 )
 
 logger = logging.getLogger(__name__)
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template_sequence.md"
+SCRIPT = "train_sequence"
 # Options a resumed run must share with the run that wrote the checkpoint.
 RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "max_length", *RECIPE_OPTIONS, "seed",
-                  "train_batch_size", "gradient_accumulation_steps", "learning_rate", "task",
-                  "max_operand", "train_file", "tokenizer_name_or_path", "tokenizer_type", "tokenizer_vocab_size")
+                  "train_batch_size", "gradient_accumulation_steps", "learning_rate", "use_ema", "task",
+                  "max_operand", "train_file", "tokenizer_name_or_path", "tokenizer_type", "tokenizer_vocab_size",
+                  "pretrained_model_name_or_path")
 # The training options a model card reports.
 CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code", "max_length",
                  "prediction_type", "loss_space", "loss_type", "timestep_sampling", "bit_scale", "train_batch_size",
@@ -95,38 +100,23 @@ def parse_args(argv=None):
                          loss_type="bce", timestep_sampling="uniform")
 
     add_optimisation_arguments(parser, train_batch_size=128)
+    add_run_arguments(parser, logging_steps=20)
 
-    evaluate = parser.add_argument_group("validation, logging, checkpoints")
-    evaluate.add_argument("--output_dir", required=True)
+    evaluate = parser.add_argument_group("validation")
     evaluate.add_argument("--validation_steps", type=int, default=250)
     evaluate.add_argument("--num_validation_samples", type=int, default=256,
                           help="Sequences generated at each validation and at the end (valid fraction of the task).")
     evaluate.add_argument("--num_inference_steps", type=int, default=16)
     evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
-    evaluate.add_argument("--logging_steps", type=int, default=20)
-    evaluate.add_argument("--checkpointing_steps", type=int, default=500)
-    evaluate.add_argument("--checkpoints_total_limit", type=int, default=None)
-    evaluate.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
-    evaluate.add_argument("--report_to", default="auto", choices=["auto", "jsonl", "tensorboard"],
-                          help="logs/train_log.jsonl is always written; auto adds TensorBoard when it is installed.")
-
-    hub = parser.add_argument_group("publishing")
-    hub.add_argument("--push_to_hub", action="store_true")
-    hub.add_argument("--hub_model_id", default=None, help="Defaults to the output folder's name.")
-    hub.add_argument("--hub_token", default=None, help="Never written anywhere; default: your saved login.")
-    hub.add_argument("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
 
     if args.train_file:
         args.task = None  # the file replaces the bundled task
-    if args.loss_type == "bce" and args.prediction_type != "logits":
-        parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits.")
+    check_arguments(parser, args, at_least_one=("validation_steps", "num_inference_steps", "num_validation_samples"))
     if args.tokenizer_type == "bpe" and args.tokenizer_vocab_size is None and not args.tokenizer_name_or_path:
         parser.error("--tokenizer_type bpe needs --tokenizer_vocab_size.")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "validation_steps",
-                 "checkpointing_steps", "logging_steps", "num_inference_steps", "num_validation_samples"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1.")
+    if args.max_length is not None and args.max_length < 1:
+        parser.error(f"--max_length must be at least 1, got {args.max_length}.")
     return args
 
 
@@ -154,20 +144,20 @@ class TokenSequences(torch.utils.data.Dataset):
 
 
 def main(args):
-    output_dir = Path(args.output_dir)
     set_seed(args.seed)  # before the model is built: its initial weights are part of the run
     texts, task = load_texts(args)
 
     if args.pretrained_model_name_or_path:
-        base = BinaryFlowSequencePipeline.from_pretrained(args.pretrained_model_name_or_path)
+        base = BinaryFlowSequencePipeline.from_pretrained(args.pretrained_model_name_or_path, cache_dir=args.cache_dir)
         denoiser, tokenizer = base.denoiser, base.tokenizer
         max_length = args.max_length or denoiser.config.max_length
         if max_length > denoiser.config.max_length:
-            raise ValueError(f"--max_length {max_length} exceeds the pretrained model's maximum "
+            raise SystemExit(f"--max_length {max_length} exceeds the pretrained model's maximum "
                              f"{denoiser.config.max_length}.")
     else:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path) if args.tokenizer_name_or_path \
-            else train_tokenizer(texts, args.tokenizer_type, args.tokenizer_vocab_size)
+        tokenizer = train_tokenizer(texts, args.tokenizer_type, args.tokenizer_vocab_size) \
+            if not args.tokenizer_name_or_path else \
+            AutoTokenizer.from_pretrained(args.tokenizer_name_or_path, cache_dir=args.cache_dir)
         max_length = args.max_length
     # Padding to a fixed length refuses (ValueError) any text longer than --max_length.
     token_ids = tokenize_to_length(tokenizer, texts, max_length)
@@ -179,74 +169,66 @@ def main(args):
     noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
                                                solver=args.solver)
     BinaryFlowSequencePipeline(denoiser, noise_scheduler, tokenizer)  # refuses a tokenizer the model cannot code
+    prepare_model(denoiser, args)
+    data = EpochOrder(TokenSequences(token_ids), args.seed)
+    loader = data.data_loader(args.train_batch_size)
 
-    run = start_run(args, output_dir, RESUME_OPTIONS)
-    accelerator, checkpoint, repo_id = run.accelerator, run.checkpoint, run.repo_id
+    run = start_run(args, SCRIPT, RESUME_OPTIONS, tracker_name="binary_flow_sequence")
+    accelerator, output_dir = run.accelerator, run.output_dir
 
     ema = EMAModel(denoiser.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
                    inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=BitSequenceTransformer,
                    model_config=denoiser.config) if args.use_ema else None
-
     register_checkpoint_hooks(accelerator, ema, BitSequenceTransformer, "denoiser")
 
-    dataset = TokenSequences(token_ids)
-    sampler = EpochPermutationSampler(len(dataset), args.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True)
-    if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} training sequences do not fill one batch of {args.train_batch_size}.")
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=args.learning_rate,
-                                  betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
-    updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=max_train_steps)
-    denoiser, optimizer, loader, lr_scheduler = accelerator.prepare(denoiser, optimizer, loader, lr_scheduler)
+    loader = accelerator.prepare(loader)  # first: its length is now this process's share of the batches
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    optimizer = build_optimizer(denoiser, args)
+    lr_scheduler = build_lr_scheduler(args, optimizer, accelerator.num_processes, max_train_steps)
+    denoiser, optimizer, lr_scheduler = accelerator.prepare(denoiser, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-    if accelerator.is_main_process and run.tensorboard:
-        accelerator.init_trackers("binary_flow_sequence")
 
     loss_config = FlowLossConfig.from_args(args)
 
-    global_step, first_epoch, skip_batches, last_loss = 0, 0, 0, None
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = int(checkpoint.name.split("-")[1])
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    global_step, last_loss = run.global_step, None
+    if run.checkpoint is not None:
+        accelerator.print(f"Resuming from {run.checkpoint}")
+        accelerator.load_state(str(run.checkpoint))
+    first_epoch, skip_batches = resume_position(global_step, steps_per_epoch, args.gradient_accumulation_steps)
 
-    logger.info(f"{len(dataset)} sequences of {max_length} tokens, {len(tokenizer)} token ids in {codec.num_bits} "
-                f"bits ({codec.bit_code}); {sum(p.numel() for p in denoiser.parameters()):,} parameters; "
-                f"{max_train_steps} optimiser steps of "
-                f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} sequences")
-    log_path = output_dir / "logs" / "train_log.jsonl"
+    logger.info(f"{len(token_ids)} sequences of {max_length} tokens, {len(tokenizer)} token ids in "
+                f"{codec.num_bits} bits ({codec.bit_code}); {sum(p.numel() for p in denoiser.parameters()):,} "
+                f"parameters; {max_train_steps} optimiser steps of "
+                f"{args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps} sequences; "
+                f"mixed precision {accelerator.mixed_precision}")
     diagnostics = {"sigmas": [], "loss": []}
     progress = tqdm(range(max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
     start = time.perf_counter()
 
     def validate(path: Path) -> dict:
-        pipeline = build_pipeline(accelerator, denoiser, ema, noise_scheduler, tokenizer)
+        pipeline = build_pipeline(BinaryFlowSequencePipeline, accelerator, denoiser, ema, "denoiser",
+                                  scheduler=noise_scheduler, tokenizer=tokenizer)
         return write_samples(pipeline, args, task, texts, path)
 
-    for epoch in range(first_epoch, num_epochs):
+    for epoch in range(first_epoch, math.ceil(max_train_steps / steps_per_epoch)):
         if global_step >= max_train_steps:  # a finished run resumed: nothing left to train
             break
-        sampler.set_epoch(epoch)
+        data.begin_epoch(epoch)
         denoiser.train()
-        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
-        for batch_index, batch in enumerate(epoch_loader, start=skip_batches if epoch == first_epoch else 0):
+        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+        for batch_index, batch in enumerate(epoch_loader, start=skip_batches):
             # Every micro-batch draws its sigmas and noise from its own seed: resumption is exact.
-            micro_step = epoch * len(loader) + batch_index
-            generator = micro_batch_generator(accelerator, args.seed, micro_step)
+            generator = micro_batch_generator(accelerator, args.seed, epoch * len(loader) + batch_index)
             with accelerator.accumulate(denoiser):
                 out = flow_matching_loss(denoiser, codec.encode(batch["token_ids"]), loss_config, generator=generator)
                 accelerator.backward(out.loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(denoiser.parameters(), args.max_grad_norm)
+                    run.stop_if_diverged(grad_norm, out.loss, global_step)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -264,59 +246,44 @@ def main(args):
 
             if global_step % args.logging_steps == 0:
                 sigmas, losses = (accelerator.gather(torch.cat(diagnostics[k])).cpu() for k in ("sigmas", "loss"))
-                record = {"step": global_step, "epoch": epoch, "loss": losses.mean().item(),
-                          "grad_norm": None if grad_norm is None else float(grad_norm),
-                          "lr": lr_scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 1),
-                          "loss_per_sigma_bin": per_sigma_bin_stats(sigmas, losses, num_bins=10, percentiles=(50,))}
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    accelerator.log({"loss": record["loss"]}, step=global_step)
+                run.log({"step": global_step, "epoch": epoch, "loss": losses.mean().item(),
+                         "grad_norm": None if grad_norm is None else float(grad_norm),
+                         "lr": lr_scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 1),
+                         "loss_per_sigma_bin": per_sigma_bin_stats(sigmas, losses, num_bins=10, percentiles=(50,))},
+                        tracked=("loss", "grad_norm", "lr"))
                 diagnostics = {"sigmas": [], "loss": []}
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                run.save_checkpoint(denoiser, global_step)
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 scores = validate(output_dir / "samples" / f"step_{global_step:06d}.txt")
                 if scores:
-                    accelerator.log(scores, step=global_step)
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"step": global_step, **scores}) + "\n")
+                    run.log({"step": global_step, **scores}, tracked=tuple(scores))
             if global_step >= max_train_steps:
                 break
         skip_batches = 0
-        if global_step >= max_train_steps:
-            break
     progress.close()
-    if global_step % args.checkpointing_steps:
-        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # a rerun with --resume_from_checkpoint is a no-op
+    run.save_checkpoint(denoiser, global_step)  # a rerun with --resume_from_checkpoint latest is then a no-op
 
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipeline = build_pipeline(accelerator, denoiser, ema, noise_scheduler, tokenizer)
+        pipeline = build_pipeline(BinaryFlowSequencePipeline, accelerator, denoiser, ema, "denoiser",
+                                  scheduler=noise_scheduler, tokenizer=tokenizer)
         pipeline.save_pretrained(str(output_dir))
         summary = {"optimizer_steps": global_step, "train_seconds": round(time.perf_counter() - start, 1),
                    "num_parameters": sum(p.numel() for p in pipeline.denoiser.parameters()),
                    "vocab_size": len(tokenizer), "num_bits": codec.num_bits, "max_length": max_length,
+                   "mixed_precision": accelerator.mixed_precision,
                    "final_training_loss": None if last_loss is None else round(last_loss, 5)}
         summary.update(write_samples(pipeline, args, task, texts, output_dir / "samples.txt"))
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
-        (output_dir / "README.md").write_text(render_model_card(args, repo_id or output_dir.name, summary))
+        (output_dir / "README.md").write_text(render_model_card(
+            "BinaryFlowSequencePipeline", repo_id=run.repo_id or output_dir.name,
+            tags=["diffusers-training", "discrete-diffusion"], base_model=args.pretrained_model_name_or_path,
+            settings=settings_of(args, CARD_SETTINGS), metrics=summary,
+            num_inference_steps=args.num_inference_steps))
         accelerator.print(f"Saved the pipeline and samples.txt in {output_dir}")
         if args.push_to_hub:
-            push_or_exit(output_dir, repo_id, BinaryFlowSequencePipeline, args.hub_token)
+            push_or_exit(run, BinaryFlowSequencePipeline, args.hub_token)
     accelerator.end_training()
-
-
-def build_pipeline(accelerator, denoiser, ema, noise_scheduler, tokenizer) -> BinaryFlowSequencePipeline:
-    """A pipeline holding a copy of the (EMA) weights."""
-    model = accelerator.unwrap_model(denoiser)
-    weights = BitSequenceTransformer.from_config(model.config).to(accelerator.device)
-    weights.load_state_dict(model.state_dict())
-    if ema is not None:
-        ema.copy_to(weights.parameters())
-    pipeline = BinaryFlowSequencePipeline(denoiser=weights.eval(), scheduler=noise_scheduler, tokenizer=tokenizer)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def write_samples(pipeline, args, task, train_texts, path: Path) -> dict:
@@ -331,18 +298,6 @@ def write_samples(pipeline, args, task, train_texts, path: Path) -> dict:
     seen = set(train_texts)
     return {"valid_fraction": round(valid_fraction(task, samples), 4),
             "novel_valid_fraction": round(sum(task.is_valid(s) and s not in seen for s in samples) / len(samples), 4)}
-
-
-def render_model_card(args, repo_id: str, summary: dict) -> str:
-    """The README.md: YAML metadata and a body with usage, the training settings and the final metrics."""
-    card_data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="text-generation",
-                              tags=["diffusers", "diffusers_binflow", "binary-flow-matching", "diffusers-training",
-                                    "discrete-diffusion"], base_model=args.pretrained_model_name_or_path)
-    settings = [(name, getattr(args, name)) for name in CARD_SETTINGS if getattr(args, name, None) is not None]
-    return str(ModelCard.from_template(card_data, template_str=MODEL_CARD_TEMPLATE.read_text(), repo_id=repo_id,
-                                       base_model=args.pretrained_model_name_or_path,
-                                       num_inference_steps=args.num_inference_steps, settings=settings,
-                                       metrics=list(summary.items())))
 
 
 if __name__ == "__main__":
