@@ -8,6 +8,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    # The code's licence, and that of the bundled MNIST digits (CC BY-SA 3.0) shipped in the wheel.
+    license_files=["LICENSE", "diffusers_binflow/data/DATA_LICENSE.md"],
+    project_urls={
+        "Homepage": "https://github.com/diffusers-binflow/diffusers-binflow",
+        "Source": "https://github.com/diffusers-binflow/diffusers-binflow",
+        "Issues": "https://github.com/diffusers-binflow/diffusers-binflow/issues",
+    },
     python_requires=">=3.11",
     # The top-level pipelines/ folder (Hub-side code uploaded with pushed pipelines) ships as diffusers_binflow.hub_code.
     packages=find_packages(include=["diffusers_binflow", "diffusers_binflow.*"]) + ["diffusers_binflow.hub_code"],
@@ -16,6 +23,7 @@ setup(
         "diffusers_binflow.hub_code": ["*.py", "*.md", "components/*.py"],
         "diffusers_binflow.data": ["*.npz", "*.md"],
         "diffusers_binflow.metrics": ["*.safetensors", "*.json"],
+        "diffusers_binflow.model_cards": ["*.md"],
     },
     # Floors: diffusers 0.42 is the first release that accepts huggingface_hub 2.x (and needs Python 3.11);
     # transformers 5 is the line that works with hub >= 1.31. The whole test suite passes both at the floors
@@ -36,8 +44,9 @@ setup(
         "training": ["Jinja2>=3.1", "tensorboard>=2.14", "datasets>=3.0"],
         "test": ["pytest>=8.0"],
         "benchmarks": ["matplotlib>=3.8"],
-        # Meta's discrete flow matching, a peer in benchmarks/peers_digits.py. CC BY-NC 4.0: installed, never copied
-        # or imported by the library. Its wheel also installs a top-level `tests` package (ours wins under pytest).
+        # Meta's discrete flow matching, a peer in benchmarks/peers_digits.py. CC BY-NC 4.0: never copied or imported
+        # by the library, and installed only on request (`make peers`), never by `make install`. Its wheel also
+        # installs a top-level `tests` package into site-packages (ours wins under pytest).
         "peers": ["flow-matching>=1.0.10"],
     },
 )

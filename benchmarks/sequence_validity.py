@@ -38,6 +38,7 @@ from torch import nn
 
 from diffusers_binflow import BinaryFlowMatchScheduler
 from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
+from diffusers_binflow.sequences.codec import ids_to_texts
 from diffusers_binflow.sequences import (
     ArithmeticStatements,
     BitSequenceTransformer,
@@ -134,7 +135,7 @@ def evaluate(method: dict, model, tokenizer, task, train_texts: set, length: int
             texts += pipe(batch_size=n, num_inference_steps=nfe, generator=generator).sequences
         else:
             ids = sample_d3pm(model, n, length, len(tokenizer), nfe, generator)
-            texts += tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+            texts += ids_to_texts(tokenizer, ids)  # as the pipeline decodes: unk stays visible
     seconds = time.perf_counter() - start
     valid = [task.is_valid(text) for text in texts]
     p = sum(valid) / len(texts)

@@ -12,7 +12,7 @@ What a network may predict (``prediction_type``):
 
 - ``"sample"``: ``x_hat`` itself;
 - ``"logits"``: per-bit logits ``l`` with ``x_hat = bit_scale * tanh(l / 2)`` (i.e. ``2 * sigmoid(l) - 1``, scaled);
-- ``"velocity"``: ``v = eps - x``, so ``x_hat = x_sigma - sigma * v``;
+- ``"velocity"``: ``v = eps - x``, so ``x_hat = x_sigma - sigma * v`` (diffusers calls it ``"flow_prediction"``);
 - ``"epsilon"``: ``eps``, so ``x_hat = (x_sigma - sigma * eps) / (1 - sigma)``.
 """
 
@@ -22,6 +22,8 @@ from .utils import check_choice
 
 
 PREDICTION_TYPES = ("sample", "logits", "velocity", "epsilon")
+# diffusers' names for the same targets (its multistep schedulers call the flow-matching velocity "flow_prediction").
+PREDICTION_TYPE_ALIASES = {"flow_prediction": "velocity"}
 # Predictions that live in the signal (x) space: the paper's "x-prediction".
 X_PREDICTION_TYPES = ("sample", "logits")
 
@@ -29,8 +31,11 @@ X_PREDICTION_TYPES = ("sample", "logits")
 MIN_SIGNAL_FRACTION = 1e-3
 
 
-def check_prediction_type(prediction_type: str) -> None:
+def check_prediction_type(prediction_type: str) -> str:
+    """Return `prediction_type` under its name here (diffusers' `"flow_prediction"` is `"velocity"`), or raise."""
+    prediction_type = PREDICTION_TYPE_ALIASES.get(prediction_type, prediction_type)
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    return prediction_type
 
 
 def expand_sigma(sigma, like: torch.Tensor) -> torch.Tensor:
@@ -55,6 +60,7 @@ def predict_x0(
     model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
 ) -> torch.Tensor:
     """The clean-signal estimate ``x_hat`` implied by `model_output` for the noisy `sample` at `sigma`."""
+    prediction_type = check_prediction_type(prediction_type)
     if prediction_type == "sample":
         return model_output
     if prediction_type == "logits":
@@ -62,9 +68,7 @@ def predict_x0(
     sigma = expand_sigma(sigma, sample)
     if prediction_type == "velocity":
         return sample - sigma * model_output
-    if prediction_type == "epsilon":
-        return (sample - sigma * model_output) / (1 - sigma).clamp_min(MIN_SIGNAL_FRACTION)
-    check_prediction_type(prediction_type)
+    return (sample - sigma * model_output) / (1 - sigma).clamp_min(MIN_SIGNAL_FRACTION)  # epsilon
 
 
 def velocity_from_x0(sample: torch.Tensor, x0: torch.Tensor, sigma) -> torch.Tensor:
@@ -76,7 +80,7 @@ def predict_velocity(
     model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
 ) -> torch.Tensor:
     """The ODE derivative ``dx_sigma / dsigma`` implied by `model_output` at a positive `sigma`."""
-    if prediction_type == "velocity":
+    if check_prediction_type(prediction_type) == "velocity":
         return model_output
     return velocity_from_x0(sample, predict_x0(model_output, sample, sigma, prediction_type, bit_scale), sigma)
 
@@ -88,6 +92,7 @@ def model_output_from_x0(
 
     Logits are capped where ``x0`` reaches +-bit_scale (a guided estimate may overshoot it).
     """
+    prediction_type = check_prediction_type(prediction_type)
     if prediction_type == "sample":
         return x0
     if prediction_type == "logits":
@@ -96,6 +101,14 @@ def model_output_from_x0(
     sigma = expand_sigma(sigma, sample)
     if prediction_type == "velocity":
         return (sample - x0) / sigma
-    if prediction_type == "epsilon":
-        return (sample - (1 - sigma) * x0) / sigma
-    check_prediction_type(prediction_type)
+    return (sample - (1 - sigma) * x0) / sigma  # epsilon
+
+
+def check_finite_estimate(x0: torch.Tensor, step_index: int, sigma) -> None:
+    """Raise a `ValueError` naming the step unless the estimate `x0` is finite (a NaN would threshold to bit 0)."""
+    if not torch.isfinite(x0).all():
+        raise ValueError(
+            f"The model's prediction at step {step_index} (sigma = {float(sigma):.4g}) holds NaN or inf: the model "
+            "(or its weights) produced non-finite values, or the input to that step was non-finite. No bits are "
+            "read off a non-finite prediction."
+        )

@@ -8,16 +8,19 @@ third-party pipeline class through a ``["<module>", "<class>"]`` `_class_name` a
   package as `diffusers_binflow.hub_code`) and a `model_index.json` whose `_class_name` points at them, in one
   commit; the local folder is left as `save_pretrained` wrote it;
 - our pipelines' `from_pretrained` downloads with `snapshot_pipeline`, which never fetches code or pickles, and
-  loads our classes from the installed package (no remote code runs unless the user asks diffusers for it).
+  loads our classes from the installed package (no remote code runs unless the user asks diffusers for it), also
+  from a folder that holds the code files (`code_free_folder`).
 """
 
 import json
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, create_commit, snapshot_download
-from huggingface_hub.constants import HF_HOME
 from huggingface_hub.utils import filter_repo_objects
 
 
@@ -85,26 +88,38 @@ def snapshot_pipeline(
     local_files_only: bool = False,
     force_download: bool = False,
 ) -> str:
-    """Download a pipeline repo (no code, no pickles, no checkpoints) and return its local folder."""
+    """Download a pipeline repo (no code, no pickles, no checkpoints) and return its local folder.
+
+    The folder is the repo's snapshot in the shared cache: it holds code files too when an earlier
+    `trust_remote_code` load fetched them, so load it through `code_free_folder`.
+    """
     folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
                                local_files_only=local_files_only, force_download=force_download,
                                ignore_patterns=DOWNLOAD_IGNORE_PATTERNS)
     if not os.path.isfile(os.path.join(folder, "model_index.json")):
         raise EnvironmentError(f"{repo_id} has no model_index.json at revision {revision or 'main'}: "
                                "it is not a saved pipeline.")
-    return _code_free_view(Path(folder))
+    return folder
 
 
-def _code_free_view(snapshot: Path) -> str:
-    """`snapshot` itself, or, when an earlier `trust_remote_code` load left code files in this shared cache
-    snapshot, a mirror of symlinks without them (diffusers would otherwise insist on running that code)."""
-    if not any(snapshot.rglob("*.py")):
-        return str(snapshot)
-    view = Path(HF_HOME) / "diffusers_binflow" / "code_free" / snapshot.parents[1].name / snapshot.name
-    for path in snapshot.rglob("*"):
-        link = view / path.relative_to(snapshot)
-        if path.is_file() and path.suffix != ".py" and not link.is_symlink():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(path.resolve())
-    return str(view)
+@contextmanager
+def code_free_folder(folder: str | os.PathLike) -> Iterator[str]:
+    """`folder` itself or, when it holds `.py` files, a temporary mirror of its other files (symlinks) for as long as
+    the context lasts.
+
+    diffusers treats a ``<_class_name[0]>.py`` or ``<component>/<library>.py`` it finds in a folder as code to run
+    (with `trust_remote_code`) or refuses the folder; a pushed repo downloaded in full (`snapshot_download`, or a cache
+    that a `trust_remote_code` load filled) has those files, and our classes must come from the installed package.
+    """
+    folder = Path(folder)
+    if not any(folder.rglob("*.py")):
+        yield str(folder)
+        return
+    with tempfile.TemporaryDirectory(prefix="binflow-code-free-") as view:
+        for path in folder.rglob("*"):
+            if path.is_file() and path.suffix != ".py":
+                link = Path(view) / path.relative_to(folder)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(path.resolve())
+        yield view
 

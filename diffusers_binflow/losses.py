@@ -8,13 +8,14 @@ sigma. Any bounded heuristic is an aligned loss with a bounded weight: a v-loss 
 ``c`` equals the x-loss weighted by ``min(sigma**-2, c**-2)``.
 """
 
+import math
 import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .bits import bits_to_signal, check_binary
+from .bits import bits_to_signal, check_binary, check_bit_scale
 from .flow import X_PREDICTION_TYPES, check_prediction_type, expand_sigma, predict_x0
 from .utils import check_choice
 
@@ -49,14 +50,14 @@ def implied_weight(prediction_type: str, loss_space: str, sigmas, v_clamp: float
     check_prediction_type(prediction_type)
     check_choice("loss_space", loss_space, LOSS_SPACES)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
+    _check_sigmas(sigmas, loss_space, v_clamp)
     _, weight = _IMPLIED_WEIGHTS[(_prediction_space(prediction_type), loss_space)]
     return weight(sigmas, _v_divisor(sigmas, v_clamp))
 
 
 def inverse_square_weight(w_max: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The bounded weighting ``min(sigma**-2, w_max)``; ``w_max = 1 / c**2`` reproduces a v-loss clamped at ``c``."""
-    if w_max <= 0:
-        raise ValueError(f"`w_max` must be positive, got {w_max}.")
+    _check_positive("w_max", w_max)
     return lambda sigmas: sigmas.pow(-2).clamp_max(w_max)
 
 
@@ -100,9 +101,14 @@ def binary_flow_loss(
             f"`model_output` {tuple(model_output.shape)}, `bits` {tuple(bits.shape)} and `noisy_sample` "
             f"{tuple(noisy_sample.shape)} must have the same shape."
         )
+    if model_output.numel() == 0:
+        raise ValueError(f"The batch is empty (`model_output` of shape {tuple(model_output.shape)}); the mean of no "
+                         "loss terms is NaN.")
     if loss_type == "bce" and (loss_space != "x" or prediction_type != "logits"):
         raise ValueError("loss_type='bce' is the x-space cross-entropy on per-bit logits: it needs "
                          "prediction_type='logits' and loss_space='x'.")
+    check_bit_scale(bit_scale)
+    _check_sigmas(torch.as_tensor(sigmas), loss_space, v_clamp)
     _warn_if_misaligned(prediction_type, loss_space)
     sigmas = expand_sigma(sigmas, model_output.float())
 
@@ -126,6 +132,24 @@ def binary_flow_loss(
     if reduction == "sum":
         return elementwise.sum()
     return elementwise
+
+
+def _check_positive(name: str, value) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be a finite positive number, got {value}.")
+
+
+def _check_sigmas(sigmas: torch.Tensor, loss_space: str, v_clamp: float | None) -> None:
+    """Sigmas must lie on the path, [0, 1] (NaN fails too); a v-space loss divides by sigma, so without a positive
+    `v_clamp` it needs sigma > 0."""
+    if v_clamp is not None:
+        _check_positive("v_clamp", v_clamp)
+    on_path = (sigmas >= 0) & (sigmas <= 1)
+    if not on_path.all():
+        raise ValueError(f"`sigmas` must lie in [0, 1] (1 = noise, 0 = data), got {sigmas[~on_path][:6].tolist()}.")
+    if loss_space == "v" and v_clamp is None and (sigmas == 0).any():
+        raise ValueError("The v-space loss divides by sigma, which is 0 here: pass a positive `v_clamp` (JiT uses "
+                         "0.05) or sample sigmas in (0, 1].")
 
 
 def _v_divisor(sigmas: torch.Tensor, v_clamp: float | None) -> torch.Tensor:

@@ -140,7 +140,7 @@ def check_arguments(parser, args, at_least_one=()):
             parse_step_rules(args.lr_step_rules)
         except ValueError:
             parser.error(f'--lr_step_rules must read "multiplier:step,...,last_multiplier", got {args.lr_step_rules!r}.')
-    missing = [name for name, available in TRACKERS.items() if args.report_to == name and not available()]
+    missing = [name for name, available in TRACKERS.items() if args.report_to == name and not bool(available())]
     if missing:
         parser.error(f"--report_to {missing[0]} needs the {missing[0]} package: pip install {missing[0]}.")
     if args.report_to in ("wandb", "all") and args.hub_token is not None:
@@ -215,7 +215,7 @@ def start_run(args, script: str, resume_options: tuple[str, ...], tracker_name: 
     (no token, no local paths), start the trackers and create the Hub repo when pushing."""
     output_dir = Path(args.output_dir)
     logging_dir = output_dir / args.logging_dir
-    tracker = {"auto": "tensorboard" if is_tensorboard_available() else None, "jsonl": None}.get(args.report_to,
+    tracker = {"auto": "tensorboard" if bool(is_tensorboard_available()) else None, "jsonl": None}.get(args.report_to,
                                                                                                  args.report_to)
     accelerator = Accelerator(
         cpu=not torch.accelerator.is_available(),

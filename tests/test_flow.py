@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from diffusers_binflow.flow import expand_sigma, interpolate, predict_velocity, predict_x0
+from diffusers_binflow.flow import (
+    check_prediction_type,
+    expand_sigma,
+    interpolate,
+    model_output_from_x0,
+    predict_velocity,
+    predict_x0,
+)
 
 
 @pytest.fixture
@@ -31,6 +38,16 @@ def test_logits_map_through_scaled_tanh():
     logits = torch.tensor([[-3.0, 0.0, 3.0]])
     x_hat = predict_x0(logits, torch.zeros_like(logits), 0.5, "logits", bit_scale=2.0)
     torch.testing.assert_close(x_hat, 2.0 * (2 * torch.sigmoid(logits) - 1))
+
+
+def test_flow_prediction_is_diffusers_name_for_the_velocity(path):
+    clean, noise, sigma, sample = path
+    assert check_prediction_type("flow_prediction") == "velocity"
+    for convert in (predict_x0, predict_velocity):
+        assert torch.equal(convert(noise - clean, sample, sigma, "flow_prediction"),
+                           convert(noise - clean, sample, sigma, "velocity"))
+    assert torch.equal(model_output_from_x0(clean, sample, sigma, "flow_prediction"),
+                       model_output_from_x0(clean, sample, sigma, "velocity"))
 
 
 def test_unknown_prediction_type_is_refused():

@@ -208,3 +208,45 @@ def test_non_binary_bits_and_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="w_max"):
         inverse_square_weight(0.0)
 
+
+
+@pytest.mark.parametrize("bad_sigma", [1.5, -0.1, float("nan"), float("inf")])
+def test_sigmas_off_the_path_are_refused(bad_sigma):
+    bits, _, _, noisy, _ = training_batch(torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"`sigmas` must lie in \[0, 1\]"):
+        binary_flow_loss(torch.zeros_like(noisy), bits, noisy, torch.tensor([0.5, bad_sigma]))
+    with pytest.raises(ValueError, match=r"`sigmas` must lie in \[0, 1\]"):
+        implied_weight("sample", "v", torch.tensor([bad_sigma]))
+
+
+def test_an_unclamped_v_loss_at_sigma_zero_is_refused_and_a_clamp_makes_it_finite():
+    bits, _, _, noisy, _ = training_batch(torch.tensor([0.5, 0.5]))
+    sigmas = torch.tensor([0.5, 0.0])
+    with pytest.raises(ValueError, match="divides by sigma, which is 0"):
+        binary_flow_loss(torch.zeros_like(noisy), bits, noisy, sigmas, loss_space="v")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the misaligned pair warns once per process
+        assert binary_flow_loss(torch.zeros_like(noisy), bits, noisy, sigmas, loss_space="v", v_clamp=0.05).isfinite()
+    assert binary_flow_loss(torch.zeros_like(noisy), bits, noisy, sigmas).isfinite()  # the x-loss never divides
+
+
+def test_an_empty_batch_is_refused_rather_than_giving_a_nan_loss():
+    empty = torch.zeros(0, 16)
+    with pytest.raises(ValueError, match="batch is empty"):
+        binary_flow_loss(empty, empty, empty, torch.zeros(0))
+
+
+@pytest.mark.parametrize("bit_scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_bit_scale_that_is_not_finite_and_positive_is_refused(bit_scale):
+    bits, _, _, noisy, sigmas = training_batch(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="`bit_scale` must be a finite positive number"):
+        binary_flow_loss(torch.zeros_like(noisy), bits, noisy, sigmas, bit_scale=bit_scale)
+
+
+@pytest.mark.parametrize("v_clamp", [0.0, -0.05, float("nan")])
+def test_a_v_clamp_that_is_not_finite_and_positive_is_refused(v_clamp):
+    bits, _, _, noisy, sigmas = training_batch(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="`v_clamp` must be a finite positive number"):
+        binary_flow_loss(torch.zeros_like(noisy), bits, noisy, sigmas, loss_space="v", v_clamp=v_clamp)
+    with pytest.raises(ValueError, match="`v_clamp` must be a finite positive number"):
+        implied_weight("sample", "v", torch.tensor([0.5]), v_clamp=v_clamp)

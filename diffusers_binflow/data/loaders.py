@@ -1,8 +1,9 @@
 """Build a `BinaryImageDataset` from each data source of the training script, failing early with a clear message.
 
-Every loader reads all images into memory once, as grey "L" images (colour images are converted to grey before
-binarization), resizes them to `resolution` x `resolution` when it is given (PIL `resample`, "bilinear" by
-default) and passes the remaining keyword arguments (`binarize`, `seed`) to [`BinaryImageDataset`].
+Every loader reads all images into memory once, as grey "L" images (`grey_image`: colour is converted to grey, 16-bit
+and float images are scaled from their own range to 0..255) before binarization, resizes them to `resolution` x
+`resolution` when it is given (PIL `resample`, "bilinear" by default) and passes the remaining keyword arguments
+(`binarize`, `seed`) to [`BinaryImageDataset`]. An image that cannot be decoded raises a `ValueError` naming its file.
 """
 
 from pathlib import Path
@@ -10,11 +11,44 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from .binarize import grey_levels
 from .bundled import load_bundled_digits
 from .datasets import BinaryImageDataset, resize_grey
 
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm"}
+# Full scale of the PIL modes whose values are not 8-bit levels. PIL opens 16-bit grey PNG/TIFF/PGM files as "I;16*"
+# or (older Pillow, and some TIFFs) as 32-bit "I" holding 0..65535; "F" (32-bit float TIFF) is read as [0, 1], the
+# float convention of `grey_levels`. Every other mode ("1", "L", "LA", "P", "RGB", "RGBA", ..., including 16-bit
+# colour PNGs, which PIL reduces to 8 bits) is 8-bit and converts to "L" directly.
+FULL_SCALE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+# What PIL raises for a file it cannot decode (truncated, corrupt, not an image, too large).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
+
+
+def grey_image(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An opened image as an 8-bit grey "L" image, its mode's full range mapped onto 0..255.
+
+    A plain ``convert("L")`` clips 16-bit levels at 255 instead of scaling them (level 200 of 65535 would become
+    grey 200, i.e. bit 1); here it is ``round(level * 255 / 65535)``, as `grey_levels` rounds floats in [0, 1].
+    """
+    scale = FULL_SCALE.get(image.mode)
+    if scale is None:
+        return image.convert("L")
+    levels = np.asarray(image, dtype=np.float64)
+    if levels.size and not (0 <= levels.min() and levels.max() <= scale):
+        raise ValueError(f"A mode {image.mode!r} image is read as grey levels in [0, {scale}], but it holds values "
+                         f"in [{levels.min()}, {levels.max()}].")
+    return PIL.Image.fromarray(grey_levels(levels / scale).numpy().astype(np.uint8), "L")
+
+
+def read_grey(file: Path) -> PIL.Image.Image:
+    """The image in `file` as `grey_image`; any decoding error (e.g. a truncated file) is re-raised naming the file."""
+    try:
+        with PIL.Image.open(file) as image:
+            return grey_image(image)
+    except IMAGE_ERRORS as error:
+        raise ValueError(f"Cannot read the image {str(file)!r}: {error}") from error
 
 
 def from_bundled_digits(split: str = "train", resolution: int | None = None, **dataset_kwargs) -> BinaryImageDataset:
@@ -40,10 +74,7 @@ def from_image_folder(
     if not files:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ValueError(f"`train_data_dir` {str(root)!r} holds no image files ({extensions}).")
-    images = []
-    for file in files:
-        with PIL.Image.open(file) as image:
-            images.append(image.convert("L"))
+    images = [read_grey(file) for file in files]
     grey = _stack_grey(images, [str(file.relative_to(root)) for file in files], resolution, resample)
     classes = [file.parent.name for file in files]
     if len(set(classes)) > 1 and len({len(file.relative_to(root).parts) for file in files}) == 1:
@@ -90,7 +121,8 @@ def from_hf_dataset(
     image_feature = dataset.features[image_column]
     if not isinstance(image_feature, datasets.Image):
         raise ValueError(f"Column {image_column!r} of {dataset_name!r} holds {image_feature}, not images.")
-    images = [image.convert("L") for image in dataset[image_column]]
+    images = [_decode_row(image_feature, value, i, dataset_name) for i, value in
+              enumerate(dataset.cast_column(image_column, datasets.Image(decode=False))[image_column])]
     grey = _stack_grey(images, [f"row {i}" for i in range(len(images))], resolution, resample)
     if label_column is None:
         return BinaryImageDataset(grey, **dataset_kwargs)
@@ -100,6 +132,15 @@ def from_hf_dataset(
     else:
         labels, class_names = _encode_labels(list(dataset[label_column]))
     return BinaryImageDataset(grey, labels, class_names=class_names, **dataset_kwargs)
+
+
+def _decode_row(image_feature, value: dict, row: int, dataset_name: str) -> PIL.Image.Image:
+    """One undecoded `Image` value ({"bytes", "path"}) as `grey_image`, a decoding error naming the row and file."""
+    try:
+        return grey_image(image_feature.decode_example(value))
+    except IMAGE_ERRORS as error:
+        source = f"row {row}" + (f" ({value['path']})" if value.get("path") else "")
+        raise ValueError(f"Cannot read the image of {source} of dataset {dataset_name!r}: {error}") from error
 
 
 def _stack_grey(images: list, sources: list[str], resolution: int | None, resample: str) -> np.ndarray:

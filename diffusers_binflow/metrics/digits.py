@@ -41,6 +41,16 @@ def check_digit_bits(bits, min_samples: int = MIN_FD_SAMPLES) -> torch.Tensor:
     return bits.float()
 
 
+def check_feature_sets(features_a: torch.Tensor, features_b: torch.Tensor, min_rows: int, what: str) -> None:
+    """Raise a `ValueError` unless both feature sets are (N, D) with the same D and at least `min_rows` rows."""
+    if features_a.ndim != 2 or features_b.ndim != 2 or features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"Features must be (N, D) with the same D, got {tuple(features_a.shape)} and "
+                         f"{tuple(features_b.shape)}.")
+    if min(len(features_a), len(features_b)) < min_rows:
+        raise ValueError(f"{what} needs at least {min_rows} feature rows in each set, got {len(features_a)} and "
+                         f"{len(features_b)}.")
+
+
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))`` of two feature sets (N, D), in float64.
 
@@ -48,9 +58,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     ``M = S_a^(1/2) S_b S_a^(1/2)`` (same eigenvalues): ``S_a^(1/2)`` and M's eigenvalues come from
     `torch.linalg.eigh`, negative round-off eigenvalues are clamped to 0, and ``tr((S_a S_b)^(1/2)) = sum sqrt(eig M)``.
     """
-    if features_a.ndim != 2 or features_b.ndim != 2 or features_a.shape[1] != features_b.shape[1]:
-        raise ValueError(f"Features must be (N, D) with the same D, got {tuple(features_a.shape)} and "
-                         f"{tuple(features_b.shape)}.")
+    # A covariance needs two points (it divides by N - 1).
+    check_feature_sets(features_a, features_b, min_rows=2, what="A Fréchet distance")
     a, b = features_a.double(), features_b.double()
     mean_a, mean_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))
@@ -72,7 +81,11 @@ def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor,
                      k: int = PR_NEIGHBOURS) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls around
     its points with radius the distance to the k-th nearest neighbour in the same set. Precision = share of fake
-    points inside the real manifold (fidelity); recall = share of real points inside the fake manifold (diversity)."""
+    points inside the real manifold (fidelity); recall = share of real points inside the fake manifold (diversity).
+    Each set needs more than k points (a k-th nearest other point)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"`k` must be a positive integer, got {k!r}.")
+    check_feature_sets(real_features, fake_features, min_rows=k + 1, what=f"Precision / recall with k = {k}")
     real, fake = real_features.double(), fake_features.double()
     cross = torch.cdist(fake, real)  # (N_fake, N_real)
     precision = (cross <= knn_radii(real, k)[None, :]).any(1).double().mean().item()
@@ -81,7 +94,15 @@ def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor,
 
 
 def class_histogram(predicted: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
-    """Share of samples assigned to each class, float64 (num_classes,)."""
+    """Share of samples assigned to each class, float64 (num_classes,), from class ids (N,) in [0, num_classes)."""
+    predicted = torch.as_tensor(predicted)
+    if predicted.ndim != 1 or len(predicted) == 0 or predicted.is_floating_point() or predicted.dtype == torch.bool:
+        raise ValueError(f"`predicted` must be a non-empty 1-d tensor of integer class ids, got {predicted.dtype} "
+                         f"{tuple(predicted.shape)}.")
+    outside = (predicted < 0) | (predicted >= num_classes)
+    if outside.any():
+        found = torch.unique(predicted[outside])[:6].tolist()
+        raise ValueError(f"Class ids must be in [0, {num_classes}), got {found}.")
     return torch.bincount(predicted, minlength=num_classes).double() / len(predicted)
 
 
@@ -90,14 +111,30 @@ def class_coverage(histogram: torch.Tensor, min_share: float = MIN_CLASS_SHARE) 
     return (histogram >= min_share).double().mean().item()
 
 
+def check_image_sets(bits: torch.Tensor, reference_bits: torch.Tensor) -> None:
+    """Raise a `ValueError` unless both are non-empty sets (N, ...) and (M, ...) of 0/1 images of the same shape."""
+    if bits.ndim < 2 or bits.shape[1:] != reference_bits.shape[1:]:
+        raise ValueError(f"`bits` {tuple(bits.shape)} and `reference_bits` {tuple(reference_bits.shape)} must be "
+                         "sets of images of the same shape, (N, ...) and (M, ...).")
+    if len(bits) == 0 or len(reference_bits) == 0:
+        raise ValueError(f"Both image sets must be non-empty, got {len(bits)} and {len(reference_bits)} images.")
+    check_binary(bits)
+    check_binary(reference_bits, "reference_bits")
+
+
 def pixel_marginal_error(bits: torch.Tensor, reference_bits: torch.Tensor) -> float:
-    """``mean_pixels |mean_n bits - mean_n reference_bits|``: mean absolute error of the per-pixel ON frequency."""
+    """``mean_pixels |mean_n bits - mean_n reference_bits|``: mean absolute error of the per-pixel ON frequency of
+    two image sets (N, ...) and (M, ...) of the same image shape."""
+    check_image_sets(bits, reference_bits)
     return (bits.double().mean(0) - reference_bits.double().mean(0)).abs().mean().item()
 
 
 def speckle_rate(bits: torch.Tensor) -> float:
     """Share of ON pixels none of whose 4 neighbours (up, down, left, right; off the border counts as OFF) is ON,
     over all images (N, 1, H, W); 0 when no pixel is ON. Threshold noise of analog samplers shows up here."""
+    if bits.ndim < 2:
+        raise ValueError(f"Images must be (..., H, W), got {tuple(bits.shape)}.")
+    check_binary(bits)
     on = bits.double()
     padded = torch.nn.functional.pad(on, (1, 1, 1, 1))
     neighbours = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
@@ -108,6 +145,7 @@ def speckle_rate(bits: torch.Tensor) -> float:
 def nearest_neighbour_hamming(bits: torch.Tensor, reference_bits: torch.Tensor, chunk: int = 500) -> torch.Tensor:
     """Hamming distance from each image of `bits` (N, ...) to its nearest image of `reference_bits` (M, ...),
     int64 (N,), by ``|a| + |b| - 2 a.b`` on flattened 0/1 vectors (exact in float32 for up to 2**24 pixels)."""
+    check_image_sets(bits, reference_bits)
     a, b = bits.flatten(1).float(), reference_bits.flatten(1).float()
     b_counts = b.sum(1)
     nearest = [(rows.sum(1, keepdim=True) + b_counts[None] - 2 * rows @ b.T).min(1).values for rows in a.split(chunk)]

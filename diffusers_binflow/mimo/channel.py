@@ -185,6 +185,10 @@ def check_channel_inputs(y: torch.Tensor, H: torch.Tensor, noise_var, num_bits_p
     if H.shape[2] > H.shape[1]:
         raise ValueError(f"H {tuple(H.shape)} has more real symbols than real observations; this system is not "
                          "supported (num_rx must be at least num_tx).")
+    if torch.as_tensor(noise_var).is_complex():
+        # Converting it to a real tensor would silently drop the imaginary part.
+        raise ValueError("`noise_var` (N0) is the real noise variance per receive antenna, E|n|^2 of the complex "
+                         f"noise; got a complex value {noise_var}.")
     noise_var = torch.as_tensor(noise_var, dtype=y.dtype, device=y.device)
     noise_var = noise_var.expand(y.shape[0]) if noise_var.ndim == 0 else noise_var
     if noise_var.shape != (y.shape[0],):

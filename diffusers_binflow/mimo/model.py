@@ -81,6 +81,8 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
     ``y (B, 2 num_rx)`` and ``H (B, 2 num_rx, n)``; returns one value per bit, of the training's prediction type.
     """
 
+    _supports_gradient_checkpointing = True
+
     @register_to_config
     def __init__(
         self,
@@ -115,6 +117,7 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         self.time_embedding = TimestepEmbedding(hidden_size, hidden_size)
         self.noise_embedding = nn.Sequential(nn.Linear(1, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.blocks = nn.ModuleList(AdaLNBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.gradient_checkpointing = False
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.modulation_out = nn.Linear(hidden_size, 2 * hidden_size)
         self.proj_out = nn.Linear(hidden_size, mod.bits_per_real)
@@ -198,7 +201,10 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
             skip = cavity_llr if self.config.prediction_type == "logits" else torch.tanh(cavity_llr / 2)
         hidden = self.token_in(torch.cat(inputs, -1)) + self.position
         for block in self.blocks:
-            hidden = block(hidden, conditioning)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden = self._gradient_checkpointing_func(block, hidden, conditioning)
+            else:
+                hidden = block(hidden, conditioning)
         shift, scale = self.modulation_out(nn.functional.silu(conditioning))[:, None].chunk(2, dim=-1)
         output = self.proj_out(self.norm_out(hidden) * (1 + scale) + shift).reshape(batch, self.num_bits) + skip
         if not return_dict:

@@ -2,19 +2,34 @@
 
 import os
 
-from ..hub import snapshot_pipeline, upload_pipeline_folder
+from ..hub import code_free_folder, snapshot_pipeline, upload_pipeline_folder
 
 
 class BinflowHubMixin:
     """Put before `DiffusionPipeline` in a pipeline's bases: safetensors-only, code-free loading from folders and
-    Hub repo ids, and pushes that carry the Hub-side code files."""
+    Hub repo ids, `from_pipe` for any denoiser, and pushes that carry the Hub-side code files."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load from a folder or a Hub repo id (import `diffusers_binflow` first). Weights load from safetensors only;
-        no code from the repo runs."""
+        """Load from a folder (saved by `save_pretrained`, or a downloaded Hub repo) or a Hub repo id (import
+        `diffusers_binflow` first). Weights load from safetensors only; no code from the folder or repo runs: the
+        classes come from the installed package."""
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            folder = cls.download(folder, **kwargs)
+        with code_free_folder(folder) as loadable:
+            pipeline = super().from_pretrained(loadable, **kwargs)
+        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipeline
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' `from_pipe`, carrying over the components of the same names: diffusers switches a model over only
+        when its exact type is annotated in the new pipeline's `__init__`, and ours take any denoiser."""
+        expected_modules, _ = cls._get_signature_keys(cls)
+        components = {name: module for name, module in pipeline.components.items() if name in expected_modules}
+        return super().from_pipe(pipeline, **{**components, **kwargs})
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:

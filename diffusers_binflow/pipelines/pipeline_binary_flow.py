@@ -1,28 +1,35 @@
 """Generate binary images with an x-predicting denoiser by integrating the flow from noise to bits."""
 
+import copy
+import inspect
+import math
+import numbers
 
 import torch
 from diffusers import (
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     ImagePipelineOutput,
 )
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
-from ..flow import model_output_from_x0, predict_velocity, predict_x0
+from ..bits import bits_to_signal, check_bit_scale, signal_to_bits, signal_to_probabilities
+from ..flow import check_finite_estimate, check_prediction_type, model_output_from_x0, predict_velocity, predict_x0
 from ..schedulers import BinaryFlowMatchScheduler
 from .binary_images import bits_to_images, images_to_bits
+from .callbacks import StepEndCallbackMixin
 from .completion import reimpose_known
 from .hub_loading import BinflowHubMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "probs", "latent")
-# diffusers' own flow-matching schedulers step with a velocity; the pipeline converts other predictions for them.
-VELOCITY_SCHEDULERS = (FlowMatchEulerDiscreteScheduler,)
+# diffusers' own flow-matching ODE solvers for x_sigma = (1 - sigma) x + sigma eps. They step with a velocity, so the
+# pipeline converts other predictions for them; Heun calls `step` twice per interval on a grid that repeats each
+# interior timestep, which the loop over `scheduler.timesteps` follows as it is.
+VELOCITY_SCHEDULERS = (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
 
 
-class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
+class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipeline):
     """
     Binary flow matching (arXiv 2602.10420): start from noise at sigma = 1, follow the velocity implied by the
     denoiser's estimate of the clean signal down to sigma = 0, and read bits off the result.
@@ -30,36 +37,50 @@ class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
     Args:
         unet ([`UNet2DModel`] or a diffusers 2D transformer such as [`DiTTransformer2DModel`]):
             A denoiser called as ``unet(sample, timesteps, class_labels=...)`` with ``timesteps = sigma * 1000``
-            (``num_train_timesteps``). What it predicts is the scheduler config's `prediction_type`
-            (`"velocity"` for diffusers' flow-matching schedulers, which have none).
-        scheduler ([`BinaryFlowMatchScheduler`] or [`FlowMatchEulerDiscreteScheduler`]):
-            The ODE solver. With diffusers' scheduler the pipeline converts the prediction to a velocity and
-            thresholds the final state.
+            (``num_train_timesteps``).
+        scheduler ([`BinaryFlowMatchScheduler`], [`FlowMatchEulerDiscreteScheduler`] or
+            [`FlowMatchHeunDiscreteScheduler`]):
+            The ODE solver. With diffusers' schedulers the pipeline converts the prediction to a velocity and
+            thresholds the final state. A `BinaryFlowMatchScheduler` must read outputs as the pipeline does (the
+            same `prediction_type` and `bit_scale`).
         null_class_label (`int`, *optional*):
             The class id a class-conditional denoiser was trained with for "no class" (label dropout); it enables
             classifier-free guidance.
+        prediction_type (`str`, *optional*):
+            What the denoiser predicts (see `diffusers_binflow.flow`; diffusers' `"flow_prediction"` is
+            `"velocity"`). It belongs to the denoiser, so the pipeline's config records it and a scheduler swapped
+            in later does not change it. Defaults to the `prediction_type` of the scheduler's config, else
+            `"velocity"` (diffusers' flow-matching schedulers record none).
+        bit_scale (`float`, *optional*):
+            The signal amplitude the denoiser was trained with; defaults like `prediction_type` (else 1.0).
 
     Passing `image` and `mask_image` to `__call__` completes an image: bits where the mask is 1 are generated,
     the others are kept exactly. Completion is most consistent with a scheduler set to `stochastic_sampling=True`.
     """
 
     model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet, scheduler, null_class_label: int | None = None):
+    def __init__(self, unet, scheduler, null_class_label: int | None = None, prediction_type: str | None = None,
+                 bit_scale: float | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(null_class_label=null_class_label)
+        # By default, and for pipelines saved before their config recorded these, read them off the scheduler given.
+        flow_scheduler = isinstance(scheduler, (BinaryFlowMatchScheduler, *VELOCITY_SCHEDULERS))
+        scheduler_config = scheduler.config if flow_scheduler else {}
+        prediction_type = check_prediction_type(prediction_type or scheduler_config.get("prediction_type", "velocity"))
+        bit_scale = scheduler_config.get("bit_scale", 1.0) if bit_scale is None else bit_scale
+        check_bit_scale(bit_scale)
+        self.register_to_config(null_class_label=null_class_label, prediction_type=prediction_type, bit_scale=bit_scale)
 
     # ------------------------------------------------------------------------------------------- properties
 
     @property
     def prediction_type(self) -> str:
-        return self.scheduler.config.get("prediction_type", "velocity")
+        return self.config.prediction_type
 
     @property
     def bit_scale(self) -> float:
-        return self.scheduler.config.get("bit_scale", 1.0)
+        return self.config.bit_scale
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -73,36 +94,54 @@ class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
         config = self.unet.config
         return config.get("num_class_embeds") or config.get("num_embeds_ada_norm")
 
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
-
     # ---------------------------------------------------------------------------------------------- sampling
 
-    def check_inputs(self, batch_size, class_labels, guidance_scale, num_inference_steps, generator, output_type,
-                     callback_on_step_end_tensor_inputs):
-        if not isinstance(self.scheduler, (BinaryFlowMatchScheduler, *VELOCITY_SCHEDULERS)):
+    def check_scheduler(self):
+        """The attached scheduler must be one the pipeline can drive, reading the denoiser's output as it does."""
+        scheduler = self.scheduler
+        if isinstance(scheduler, BinaryFlowMatchScheduler):
+            reads = (scheduler.config.prediction_type, scheduler.config.bit_scale)
+            if reads != (self.prediction_type, self.bit_scale):
+                raise ValueError(
+                    f"The scheduler reads model outputs as prediction_type={reads[0]!r}, bit_scale={reads[1]}, but "
+                    f"this pipeline's denoiser predicts {self.prediction_type!r} with bit_scale={self.bit_scale} "
+                    "(`pipe.config`). Create the scheduler with the pipeline's values, e.g. `BinaryFlowMatchScheduler("
+                    "prediction_type=pipe.prediction_type, bit_scale=pipe.bit_scale, ...)`, or, for a denoiser that "
+                    "predicts something else, build a new pipeline with its `prediction_type`."
+                )
+        elif not isinstance(scheduler, VELOCITY_SCHEDULERS):
             raise ValueError(
-                f"{type(self.scheduler).__name__} is not a flow-matching scheduler for x_sigma = (1 - sigma) x + "
-                "sigma eps; use BinaryFlowMatchScheduler or FlowMatchEulerDiscreteScheduler."
+                f"{type(scheduler).__name__} is not one of the flow-matching ODE solvers this pipeline drives: use "
+                "BinaryFlowMatchScheduler, or diffusers' FlowMatchEulerDiscreteScheduler or "
+                "FlowMatchHeunDiscreteScheduler (the pipeline converts the prediction to their velocity)."
             )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+
+    def check_inputs(self, batch_size, class_labels, guidance_scale, num_inference_steps, sigmas, generator,
+                     output_type):
+        self.check_scheduler()
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if sigmas is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps}.")
+        if sigmas is not None:
+            self.check_sigmas(sigmas)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; choose one of {OUTPUT_TYPES}.")
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(f"`generator` must be a torch.Generator or a list of them (one per image), got "
+                             f"{generator!r}; seed one with `torch.Generator().manual_seed(seed)`.")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}.")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"Callback tensor inputs {sorted(unknown)} are not among {self._callback_tensor_inputs}.")
+        if not (isinstance(guidance_scale, numbers.Real) and math.isfinite(guidance_scale)):
+            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}.")
         if class_labels is not None:
             if self.num_class_embeds is None:
                 raise ValueError("`class_labels` were given, but the denoiser is unconditional (no class embedding).")
             labels = torch.as_tensor(class_labels).flatten()
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise ValueError(f"`class_labels` must be integer class ids, got {labels.dtype} values "
+                                 f"{labels[:8].tolist()}.")
             valid = (labels >= 0) & (labels < self.num_class_embeds) & (labels != self.config.null_class_label)
             if not valid.all():
                 raise ValueError(f"`class_labels` must be class ids in [0, {self.num_class_embeds}) other than the "
@@ -114,6 +153,20 @@ class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
         if guidance_scale != 1.0 and (class_labels is None or self.config.null_class_label is None):
             raise ValueError("Classifier-free guidance needs `class_labels` and a denoiser trained with a null class "
                              "(the pipeline's `null_class_label`); use guidance_scale=1.0 otherwise.")
+
+    def check_sigmas(self, sigmas):
+        """A custom grid is a 1-D sequence; diffusers' schedulers take it without the terminal 0, which they append."""
+        if "sigmas" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+            raise ValueError(f"{type(self.scheduler).__name__} takes no custom `sigmas` grid; pass "
+                             "`num_inference_steps`.")
+        grid = torch.as_tensor(sigmas, dtype=torch.float32)
+        if grid.ndim != 1 or len(grid) == 0:
+            raise ValueError(f"`sigmas` must be a non-empty 1-D sequence of sigma values, got shape "
+                             f"{tuple(grid.shape)}.")
+        if isinstance(self.scheduler, VELOCITY_SCHEDULERS) and not (grid > 0).all():
+            # The velocity implied by an x-prediction divides by sigma; these schedulers step into 0 themselves.
+            raise ValueError(f"With {type(self.scheduler).__name__}, `sigmas` must be positive (it appends the "
+                             f"terminal 0 itself), got {grid.tolist()}.")
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, class_labels, guidance_scale: float):
         """The denoiser's output at `latents`, guided in x-space: ``x = x_null + w (x_class - x_null)``."""
@@ -159,7 +212,8 @@ class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
                 Class ids for a class-conditional denoiser; without them it generates through its null class.
             guidance_scale (`float`): Classifier-free guidance weight in x-space; 1.0 disables it.
             num_inference_steps (`int`): ODE steps from sigma = 1 to 0.
-            sigmas (`list[float]`, *optional*): A custom decreasing sigma grid (its length sets the steps).
+            sigmas (`list[float]` or a 1-D tensor, *optional*): A custom decreasing sigma grid (its length sets the
+                steps; diffusers' schedulers take it without the terminal 0, which they append).
             generator (`torch.Generator` or a list of them, *optional*):
                 Seeds the noise (and the `"bernoulli"` final step); with a list, item i equals a single-image call
                 seeded with generator i.
@@ -174,10 +228,10 @@ class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
                 the dict it returns may replace `latents`.
             callback_on_step_end_tensor_inputs (`list[str]`): Tensors passed to the callback.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        self.check_inputs(batch_size, class_labels, guidance_scale, len(sigmas) if sigmas else num_inference_steps,
-                          generator, output_type, callback_on_step_end_tensor_inputs)
+        callback_on_step_end_tensor_inputs = self.check_callback_inputs(callback_on_step_end,
+                                                                        callback_on_step_end_tensor_inputs)
+        self.check_inputs(batch_size, class_labels, guidance_scale, num_inference_steps, sigmas, generator,
+                          output_type)
         self._interrupt = False
         device, dtype = self._execution_device, self.unet.dtype
         if class_labels is None and self.num_class_embeds is not None:
@@ -195,12 +249,14 @@ class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
         latents = latents.to(device=device, dtype=dtype)
 
-        # 2. The sigma grid
+        # 2. The sigma grid, on this call's own copy of the scheduler: its step index is per-call state, and
+        # concurrent calls of one pipeline must not share it.
+        scheduler = copy.deepcopy(self.scheduler)
         if sigmas is None:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            scheduler.set_timesteps(num_inference_steps, device=device)
         else:
-            self.scheduler.set_timesteps(sigmas=sigmas, device=device)
-        timesteps = self.scheduler.timesteps
+            scheduler.set_timesteps(sigmas=torch.as_tensor(sigmas, dtype=torch.float32).tolist(), device=device)
+        timesteps = scheduler.timesteps
         self._num_timesteps = len(timesteps)
 
         # 3. Integrate from noise to data
@@ -208,19 +264,17 @@ class BinaryFlowPipeline(BinflowHubMixin, DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
-            sigma = t / self.scheduler.config.num_train_timesteps
+            sigma = t / scheduler.config.num_train_timesteps
             model_output = self.predict(latents, t, class_labels, guidance_scale)
             x0 = predict_x0(model_output, latents, sigma, self.prediction_type, self.bit_scale)
-            if isinstance(self.scheduler, VELOCITY_SCHEDULERS):
+            check_finite_estimate(x0, i, sigma)
+            if isinstance(scheduler, VELOCITY_SCHEDULERS):
                 model_output = predict_velocity(model_output, latents, sigma, self.prediction_type, self.bit_scale)
-            latents = self.scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+            latents = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
             if known is not None:
-                latents = reimpose_known(latents, known, keep, self.scheduler.sigmas[i + 1], generator)
-
-            if callback_on_step_end is not None:
-                step_tensors = {"latents": latents}
-                callback_kwargs = {name: step_tensors[name] for name in callback_on_step_end_tensor_inputs}
-                latents = callback_on_step_end(self, i, t, callback_kwargs).pop("latents", latents)
+                latents = reimpose_known(latents, known, keep, scheduler.sigmas[i + 1], generator)
+            latents = self.run_step_end_callback(callback_on_step_end, i, t, callback_on_step_end_tensor_inputs,
+                                                 {"latents": latents})["latents"]
 
         # 4. Bits
         self.maybe_free_model_hooks()

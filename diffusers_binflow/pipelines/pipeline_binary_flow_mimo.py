@@ -1,5 +1,6 @@
 """Detect the bits of MIMO channel uses by sampling their posterior with a conditional binary flow model."""
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from ..mimo.model import (
     MIMOFlowTransformer,  # imported here so that loading a saved pipeline finds the class
 )
 from ..schedulers import BinaryFlowMatchScheduler
+from .callbacks import StepEndCallbackMixin
 from .hub_loading import BinflowHubMixin
 
 AGGREGATIONS = ("mean", "vote", "likelihood")
@@ -34,7 +36,7 @@ class MIMODetectionOutput(BaseOutput):
     sample_bits: torch.Tensor
 
 
-class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
+class BinaryFlowMIMOPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipeline):
     """
     MIMO detection by conditional binary flow matching (arXiv 2602.10420): for each channel use, integrate from
     noise at sigma = 1 to bits at sigma = 0, the denoiser seeing ``(y, H, N0)`` throughout.
@@ -43,7 +45,7 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
         model ([`~diffusers_binflow.mimo.model.MIMOFlowTransformer`]):
             The conditional denoiser; its config fixes the antennas and the modulation it detects.
         scheduler ([`BinaryFlowMatchScheduler`]):
-            The ODE solver; its `prediction_type` says what the model outputs (`"sample"` or `"logits"`).
+            The ODE solver; its `prediction_type` must be the model's (`"sample"` or `"logits"`, in the model config).
 
     Inputs follow `diffusers_binflow.mimo.channel`: complex ``y (B, num_rx)`` and ``H (B, num_rx, num_tx)``, or
     their real-valued equivalents ``(B, 2 num_rx)`` and ``(B, 2 num_rx, n)``; ``noise_var`` is N0, the complex
@@ -66,6 +68,13 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
             raise ValueError(f"The model must be a MIMOFlowTransformer, got {type(self.model).__name__}.")
         if not isinstance(self.scheduler, BinaryFlowMatchScheduler):
             raise ValueError(f"{type(self.scheduler).__name__} is not supported; use BinaryFlowMatchScheduler.")
+        model_type, scheduler_type = self.model.config.prediction_type, self.scheduler.config.prediction_type
+        if scheduler_type != model_type:
+            # The scheduler would read the model's output as the wrong quantity (e.g. logits as x_hat).
+            raise ValueError(
+                f"The model predicts {model_type!r} but the scheduler's prediction_type is {scheduler_type!r}; use "
+                f"`BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, prediction_type={model_type!r})`."
+            )
         if modulation is not None and get_modulation(modulation).name != self.modulation:
             raise ValueError(f"The model was trained for {self.modulation}, not {get_modulation(modulation).name}.")
         for name, value in (("num_inference_steps", num_inference_steps), ("num_samples", num_samples)):
@@ -98,6 +107,8 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
         aggregation: str = "mean",
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> MIMODetectionOutput | tuple:
         """
         Detect the transmitted bits.
@@ -118,14 +129,20 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
             generator (`torch.Generator` or a list of them, one per channel use, *optional*): Seeds the noise; with
                 a list, channel use i equals a single-use call with generator i.
             return_dict (`bool`): Return a [`MIMODetectionOutput`] rather than a tuple.
+            callback_on_step_end (*optional*): Called as ``callback(pipe, i, t, callback_kwargs)`` after each step;
+                the dict it returns may replace `latents` (B * num_samples, num_bits).
+            callback_on_step_end_tensor_inputs (`list[str]`): Tensors passed to the callback.
         """
         y, H = torch.as_tensor(y), torch.as_tensor(H)
         self.check_inputs(y, H, modulation, num_inference_steps, num_samples, aggregation, generator)
+        callback_on_step_end_tensor_inputs = self.check_callback_inputs(callback_on_step_end,
+                                                                        callback_on_step_end_tensor_inputs)
+        self._interrupt = False
         device, dtype = self._execution_device, self.model.dtype
         if y.is_complex():
             y, H = complex_to_real(y, H, self.modulation)
         y, H = y.to(device, dtype), H.to(device, dtype)
-        features = self.model.channel_features(y, H, torch.as_tensor(noise_var, dtype=dtype).to(device))
+        features = self.model.channel_features(y, H, noise_var)
         batch, num_bits = y.shape[0], self.model.num_bits
         features = features.repeat_interleave(num_samples, dim=0)
 
@@ -139,15 +156,21 @@ class BinaryFlowMIMOPipeline(BinflowHubMixin, DiffusionPipeline):
         # 2. Integrate from noise to bits
         if isinstance(generator, list):  # the scheduler's draws (Bernoulli final step) take one generator per row
             generator = [g for g in generator for _ in range(num_samples)]
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        prediction_type, bit_scale = self.scheduler.config.prediction_type, self.scheduler.config.bit_scale
+        scheduler = copy.deepcopy(self.scheduler)  # this call's own step index: concurrent calls share none
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(scheduler.timesteps)
+        prediction_type, bit_scale = self.model.config.prediction_type, self.scheduler.config.bit_scale
         x0 = latents
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            if self.interrupt:
+                continue
             model_output = self.model(latents, t.expand(latents.shape[0]), channel_features=features,
                                       return_dict=False)[0]
             x0 = predict_x0(model_output, latents, t / self.scheduler.config.num_train_timesteps, prediction_type,
                             bit_scale)
-            latents = self.scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+            latents = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+            latents = self.run_step_end_callback(callback_on_step_end, i, t, callback_on_step_end_tensor_inputs,
+                                                 {"latents": latents})["latents"]
 
         # 3. Combine the samples
         self.maybe_free_model_hooks()

@@ -1,37 +1,42 @@
 """Generate token sequences with binary flow matching: each token id is a fixed-width bit code (see
 `diffusers_binflow.sequences.codec`), the flow runs over the bits of every position, and the tokenizer decodes."""
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..bits import bits_to_signal, signal_to_bits
 from ..schedulers import BinaryFlowMatchScheduler
-from ..sequences.codec import pad_token_ids
+from ..sequences.codec import ids_to_texts, pad_token_ids
+from .callbacks import StepEndCallbackMixin
 from .completion import reimpose_known
 from .hub_loading import BinflowHubMixin
 
 OUTPUT_TYPES = ("text", "ids", "bits", "latent")
+logger = logging.get_logger(__name__)
 
 
 @dataclass
 class BinaryFlowSequencePipelineOutput(BaseOutput):
     """
     Args:
-        sequences (`list[str]` or `torch.Tensor`): Decoded texts (special tokens such as padding dropped) for
-            `output_type="text"`; else token ids (B, L), bits (B, L, num_bits) or the final signal (B, L, num_bits).
+        sequences (`list[str]` or `torch.Tensor`): Decoded texts for `output_type="text"` (padding and the other
+            special tokens dropped, but not the unk token, so out-of-range positions stay visible); else token ids
+            (B, L), bits (B, L, num_bits) or the final signal (B, L, num_bits).
         out_of_range (`torch.BoolTensor` of shape (B, L)): Positions whose generated bit code named no token of the
-            vocabulary; their id was replaced by the tokenizer's unk token (or, without one, its pad token).
+            tokenizer (an id beyond the denoiser's vocabulary, or one the tokenizer lacks when it is smaller); their
+            id was replaced by the tokenizer's unk token (or, without one, its pad token).
     """
 
     sequences: list[str] | torch.Tensor
     out_of_range: torch.Tensor
 
 
-class BinaryFlowSequencePipeline(BinflowHubMixin, DiffusionPipeline):
+class BinaryFlowSequencePipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipeline):
     """
     Binary flow matching over token sequences (arXiv 2602.10420): start from noise at sigma = 1 in the signal of
     every bit of every position, follow the denoiser's estimate down to sigma = 0, read the bits, turn each
@@ -66,7 +71,8 @@ class BinaryFlowSequencePipeline(BinflowHubMixin, DiffusionPipeline):
         return self.scheduler.config.bit_scale
 
     def check_tokenizer(self):
-        """The tokenizer's ids must be ids the denoiser generates, and sequences need a pad token."""
+        """The tokenizer's ids must be ids the denoiser generates, and sequences need a pad token. Checked at
+        construction and again at each call (a tokenizer may be assigned in between)."""
         codec = self.codec
         if len(self.tokenizer) > codec.vocab_size:
             raise ValueError(
@@ -80,6 +86,7 @@ class BinaryFlowSequencePipeline(BinflowHubMixin, DiffusionPipeline):
     def check_inputs(self, batch_size, length, num_inference_steps, generator, output_type):
         if not isinstance(self.scheduler, BinaryFlowMatchScheduler):
             raise ValueError(f"{type(self.scheduler).__name__} is not a BinaryFlowMatchScheduler.")
+        self.check_tokenizer()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -124,6 +131,13 @@ class BinaryFlowSequencePipeline(BinflowHubMixin, DiffusionPipeline):
         keep = (infill_mask == 0)[..., None]
         return known.to(device).expand(batch_size, -1, -1), keep.to(device).expand(batch_size, -1, -1)
 
+    def decode_ids(self, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) of bits (B, L, num_bits) and the positions whose code names no token of the tokenizer,
+        which become its unk token (or, without one, its pad token)."""
+        replacement = self.tokenizer.unk_token_id
+        return self.codec.decode(bits, out_of_range_id=self.tokenizer.pad_token_id if replacement is None
+                                 else replacement, num_tokens=len(self.tokenizer))
+
     @torch.no_grad()
     def __call__(
         self,
@@ -137,6 +151,8 @@ class BinaryFlowSequencePipeline(BinflowHubMixin, DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "text",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> BinaryFlowSequencePipelineOutput | tuple:
         """
         Generate token sequences.
@@ -155,11 +171,17 @@ class BinaryFlowSequencePipeline(BinflowHubMixin, DiffusionPipeline):
             latents (`torch.Tensor`, *optional*): Initial noise (B, L, num_bits) instead of drawing it.
             output_type (`str`): `"text"`, `"ids"` (B, L), `"bits"` (B, L, num_bits) or `"latent"` (final signal).
             return_dict (`bool`): Return a [`BinaryFlowSequencePipelineOutput`] rather than a tuple.
+            callback_on_step_end (*optional*): Called as ``callback(pipe, i, t, callback_kwargs)`` after each step;
+                the dict it returns may replace `latents`.
+            callback_on_step_end_tensor_inputs (`list[str]`): Tensors passed to the callback.
         """
         if sequence_length is None:
             sequence_length = self.denoiser.config.max_length if input_ids is None \
                 else torch.as_tensor(input_ids).shape[-1]
         self.check_inputs(batch_size, sequence_length, num_inference_steps, generator, output_type)
+        callback_on_step_end_tensor_inputs = self.check_callback_inputs(callback_on_step_end,
+                                                                        callback_on_step_end_tensor_inputs)
+        self._interrupt = False
         device, dtype = self._execution_device, self.denoiser.dtype
         known, keep = self.prepare_conditioning(prefix, input_ids, infill_mask, batch_size, sequence_length,
                                                 device, dtype)
@@ -173,21 +195,28 @@ class BinaryFlowSequencePipeline(BinflowHubMixin, DiffusionPipeline):
         latents = latents.to(device=device, dtype=dtype)
 
         # 2. Integrate from noise to data
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        scheduler = copy.deepcopy(self.scheduler)  # this call's own step index: concurrent calls share none
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(scheduler.timesteps)
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            if self.interrupt:
+                continue
             model_output = self.denoiser(latents, t.expand(batch_size).to(dtype), return_dict=False)[0]
-            latents = self.scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+            latents = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
             if known is not None:
-                latents = reimpose_known(latents, known, keep, self.scheduler.sigmas[i + 1], generator)
+                latents = reimpose_known(latents, known, keep, scheduler.sigmas[i + 1], generator)
+            latents = self.run_step_end_callback(callback_on_step_end, i, t, callback_on_step_end_tensor_inputs,
+                                                 {"latents": latents})["latents"]
 
         # 3. Bits -> token ids -> text
         self.maybe_free_model_hooks()
         bits = signal_to_bits(latents)
-        replacement = self.tokenizer.unk_token_id
-        token_ids, out_of_range = self.codec.decode(
-            bits, out_of_range_id=self.tokenizer.pad_token_id if replacement is None else replacement)
+        token_ids, out_of_range = self.decode_ids(bits)
         if output_type == "text":
-            sequences = self.tokenizer.batch_decode(token_ids.tolist(), skip_special_tokens=True)
+            sequences = ids_to_texts(self.tokenizer, token_ids)
+            if out_of_range.any():
+                logger.warning(f"{int(out_of_range.sum())} generated position(s) named no token of the tokenizer; "
+                               f"the text shows {self.tokenizer.unk_token or 'nothing'} there (see `out_of_range`).")
         else:
             sequences = {"ids": token_ids, "bits": bits, "latent": latents}[output_type]
         if not return_dict:

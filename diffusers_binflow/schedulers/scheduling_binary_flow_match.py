@@ -1,5 +1,7 @@
 """ODE sampler for binary flow matching (arXiv 2602.10420), in the diffusers scheduler API."""
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -8,8 +10,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
-from ..flow import check_prediction_type, interpolate, predict_velocity, predict_x0
+from ..bits import bits_to_signal, check_bit_scale, signal_to_bits, signal_to_probabilities
+from ..flow import check_finite_estimate, check_prediction_type, interpolate, predict_velocity, predict_x0
 from ..utils import check_choice
 
 
@@ -48,7 +50,8 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             Scale between sigma and model timesteps.
         prediction_type (`str`, defaults to `"sample"`):
             What the model outputs: `"sample"` (x_hat), `"logits"` (per-bit logits, x_hat = bit_scale*tanh(l/2)),
-            `"velocity"` (eps - x, diffusers' flow-matching target) or `"epsilon"`.
+            `"velocity"` (eps - x, diffusers' flow-matching target, which diffusers also calls
+            `"flow_prediction"`; the config records `"velocity"`) or `"epsilon"`.
         bit_scale (`float`, defaults to 1.0):
             Amplitude of the signal: bit 1 is `+bit_scale`, bit 0 is `-bit_scale`.
         solver (`str`, defaults to `"euler"`):
@@ -79,13 +82,14 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         shift: float = 1.0,
         stochastic_sampling: bool = False,
     ):
-        check_prediction_type(prediction_type)
+        self.register_to_config(prediction_type=check_prediction_type(prediction_type))
         check_choice("solver", solver, SOLVERS)
         check_choice("final_step", final_step, FINAL_STEPS)
         if num_train_timesteps < 1:
             raise ValueError(f"`num_train_timesteps` must be at least 1, got {num_train_timesteps}.")
-        if bit_scale <= 0 or shift <= 0:
-            raise ValueError(f"`bit_scale` and `shift` must be positive, got {bit_scale} and {shift}.")
+        check_bit_scale(bit_scale)
+        if not (isinstance(shift, numbers.Real) and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"`shift` must be a finite positive number, got {shift!r}.")
         if stochastic_sampling and solver != "euler":
             raise ValueError("stochastic_sampling replaces the ODE step and works with solver='euler' only.")
         self.order = 2 if solver == "heun" else 1
@@ -114,6 +118,10 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0):
+        valid = isinstance(begin_index, int) and not isinstance(begin_index, bool)
+        if not (valid and 0 <= begin_index < len(self.timesteps)):
+            raise ValueError(f"`begin_index` must be an index into `timesteps`, in [0, {len(self.timesteps)}), "
+                             f"got {begin_index!r}.")
         self._begin_index = begin_index
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
@@ -241,6 +249,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         output, state = model_output.float(), sample.float()
         sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
         x0 = predict_x0(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
+        check_finite_estimate(x0, self.step_index, sigma)
 
         if self._heun_first_stage is not None:
             prev_sample = self._heun_correct(output, state, sigma)
@@ -283,10 +292,12 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     ) -> torch.Tensor:
         """Training-time noising in DDPM argument order: the path at ``sigma = timesteps / num_train_timesteps``.
 
-        `original_samples` is the clean signal (see `bits_to_signal`); `timesteps` holds one value per sample
-        (any float, not only grid values).
+        `original_samples` is the clean signal (see `bits_to_signal`); `timesteps` holds one value per sample, or one
+        value (a scalar or shape (1,)) for the whole batch, any float, not only grid values.
         """
         sigmas = torch.as_tensor(timesteps, device=original_samples.device, dtype=torch.float32)
+        if sigmas.numel() == 1:
+            sigmas = sigmas.reshape(())
         return interpolate(original_samples, noise, sigmas / self.config.num_train_timesteps)
 
     def scale_noise(self, sample: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

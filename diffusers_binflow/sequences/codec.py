@@ -2,9 +2,9 @@
 
 A vocabulary of ``V`` tokens needs ``num_bits = ceil(log2(V))`` bits (at least 1). Token id ``i`` is written with its
 most significant bit first, either as plain binary or as its reflected Gray code ``i ^ (i >> 1)`` (neighbouring ids
-then differ in one bit). When ``V`` is not a power of two, ``2**num_bits - V`` codes name no token: encoding an id
-outside ``[0, V)`` raises, and decoding such a code either raises or maps it to an explicit replacement id, and
-always reports where that happened.
+then differ in one bit). When ``V`` is not a power of two, ``2**num_bits - V`` codes name no token (nor do the ids a
+tokenizer smaller than ``V`` lacks): encoding an id outside ``[0, V)`` raises, and decoding such a code either raises
+or maps it to an explicit replacement id, and always reports where that happened.
 """
 
 import math
@@ -70,27 +70,33 @@ class TokenBitCodec:
         codes = gray_encode(token_ids) if self.bit_code == "gray" else token_ids
         return ((codes.unsqueeze(-1) & self._weights(codes.device)) > 0).float()
 
-    def decode(self, bits: torch.Tensor, out_of_range_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, bits: torch.Tensor, out_of_range_id: int | None = None, num_tokens: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Token ids (...) from bits (..., num_bits) in {0, 1}.
 
         Returns ``(token_ids, out_of_range)``: `out_of_range` is a bool tensor (...) marking codes that name no
-        token. Those raise a `ValueError` unless `out_of_range_id` (e.g. the tokenizer's unk id) is given, which then
-        replaces them.
+        token: ids at or above `num_tokens` (default `vocab_size`; pass a smaller tokenizer's length when only its
+        ids name tokens). Those raise a `ValueError` unless `out_of_range_id` (e.g. the tokenizer's unk id) is
+        given, which then replaces them.
         """
+        num_tokens = self.vocab_size if num_tokens is None else num_tokens
+        if not 1 <= num_tokens <= self.vocab_size:
+            raise ValueError(f"`num_tokens` must be in [1, {self.vocab_size}], got {num_tokens}.")
         if bits.shape[-1:] != (self.num_bits,):
             raise ValueError(f"Expected bits of shape (..., {self.num_bits}), got {tuple(bits.shape)}.")
         if not ((bits == 0) | (bits == 1)).all():
             raise ValueError("Bits must hold only 0 and 1; threshold a signal with `signal_to_bits` first.")
         codes = (bits.long() * self._weights(bits.device)).sum(-1)
         token_ids = gray_decode(codes) if self.bit_code == "gray" else codes
-        out_of_range = token_ids >= self.vocab_size
+        out_of_range = token_ids >= num_tokens
         if out_of_range.any():
             if out_of_range_id is None:
-                raise ValueError(f"{int(out_of_range.sum())} code(s) name no token id in [0, {self.vocab_size}); "
+                raise ValueError(f"{int(out_of_range.sum())} code(s) name no token id in [0, {num_tokens}); "
                                  "pass `out_of_range_id` to map them to a token.")
-            if not 0 <= out_of_range_id < self.vocab_size:
-                raise ValueError(f"`out_of_range_id` must be in [0, {self.vocab_size}), got {out_of_range_id}.")
+            if not 0 <= out_of_range_id < num_tokens:
+                raise ValueError(f"`out_of_range_id` must be in [0, {num_tokens}), got {out_of_range_id}.")
             token_ids = torch.where(out_of_range, torch.full_like(token_ids, out_of_range_id), token_ids)
         return token_ids, out_of_range
 
@@ -106,3 +112,10 @@ def pad_token_ids(sequences: list[list[int]], length: int, pad_id: int) -> torch
         raise ValueError(f"{len(too_long)} sequence(s) are longer than {length} tokens (e.g. item {too_long[0]} "
                          f"has {len(sequences[too_long[0]])}).")
     return torch.tensor([list(seq) + [pad_id] * (length - len(seq)) for seq in sequences], dtype=torch.long)
+
+
+def ids_to_texts(tokenizer, token_ids) -> list[str]:
+    """Texts of token ids (N, L) without padding or other special tokens, except the unk token: a position whose code
+    named no token (replaced by unk, see `TokenBitCodec.decode`) stays visible instead of vanishing from the text."""
+    hidden = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    return tokenizer.batch_decode([[i for i in row if i not in hidden] for row in torch.as_tensor(token_ids).tolist()])

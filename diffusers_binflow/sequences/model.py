@@ -85,6 +85,10 @@ class BitSequenceTransformer(ModelMixin, ConfigMixin):
         backbone_kwargs (`dict`, *optional*): Further options of the encoder's config.
     """
 
+    # The encoder's layers take diffusers' `enable_gradient_checkpointing` (transformers'
+    # GradientCheckpointingLayer reads the same two attributes diffusers sets).
+    _supports_gradient_checkpointing = True
+
     @register_to_config
     def __init__(
         self,

@@ -14,6 +14,7 @@ from diffusers_binflow.data import (
     load_bundled_digits,
 )
 from diffusers_binflow.data.bundled import DIGITS_FILE
+from diffusers_binflow.data.loaders import grey_image
 
 
 def grey_ramp(num_images=4, height=6, width=5):
@@ -290,3 +291,72 @@ def test_check_resolution():
         check_resolution((32, 40), 16)
     with pytest.raises(ValueError, match=r"e.g. 8\b"):
         check_resolution(0, 8)
+
+
+# Image modes and unreadable files
+
+
+def save_16_bit_png(path, levels):
+    """A one-row 16-bit grey PNG (PIL mode "I;16") of the given levels 0..65535."""
+    image = PIL.Image.fromarray(np.asarray([levels], dtype=np.uint16))
+    assert image.mode == "I;16"
+    image.save(path)
+
+
+def save_truncated_png(path):
+    """A PNG of noise (so it does not compress away) cut in the middle of its pixel data."""
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_16_bit_png_is_scaled_from_its_full_range_not_clipped(tmp_path):
+    # 200 / 65535 is nearly black; 32000 is grey 125 (< 128) and 40000 grey 156 on the 0..255 scale.
+    save_16_bit_png(tmp_path / "deep.png", [0, 200, 32000, 40000, 65535])
+    bits = from_image_folder(tmp_path)[0]["bits"]
+    assert bits.flatten().tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        PIL.Image.fromarray(np.array([[0, 100, 255]], dtype=np.uint8)),  # L
+        PIL.Image.fromarray(np.array([[0, 100, 255]], dtype=np.uint8)).convert("LA"),
+        PIL.Image.fromarray(np.array([[0, 100, 255]], dtype=np.uint8)).convert("P"),
+        PIL.Image.fromarray(np.array([[[0] * 3, [100] * 3, [255] * 3]], dtype=np.uint8)),  # RGB
+        PIL.Image.fromarray(np.array([[[0] * 3, [100] * 3, [255] * 3]], dtype=np.uint8)).convert("RGBA"),
+        PIL.Image.fromarray(np.array([[0, 25700, 65535]], dtype=np.uint16)),  # I;16
+        PIL.Image.fromarray(np.array([[0, 25700, 65535]], dtype=np.int32)),  # I, as older Pillow opens 16-bit PNGs
+        PIL.Image.fromarray(np.array([[0, 100 / 255, 1]], dtype=np.float32)),  # F, read as [0, 1]
+    ],
+    ids=lambda image: image.mode,
+)
+def test_grey_image_maps_each_mode_range_onto_grey_levels(image):
+    assert np.asarray(grey_image(image)).tolist() == [[0, 100, 255]]
+
+
+def test_grey_image_of_a_bilevel_image_and_refusal_of_values_outside_the_mode_range():
+    assert np.asarray(grey_image(PIL.Image.new("1", (2, 1), 1))).tolist() == [[255, 255]]
+    with pytest.raises(ValueError, match=r"mode 'F' image is read as grey levels in \[0, 1.0\].*\[0.0, 255.0\]"):
+        grey_image(PIL.Image.fromarray(np.array([[0, 255]], dtype=np.float32)))
+
+
+def test_a_truncated_image_in_a_folder_is_named_in_the_error(tmp_path):
+    save_png(tmp_path / "good.png", (64, 64), 255)
+    (tmp_path / "sub").mkdir()
+    save_truncated_png(tmp_path / "sub" / "broken.png")
+    with pytest.raises(ValueError, match=r"Cannot read the image '.*sub/broken\.png': image file is truncated"):
+        from_image_folder(tmp_path)
+
+
+def test_hf_dataset_scales_16_bit_images_and_names_an_unreadable_row(tmp_path):
+    import datasets
+
+    save_16_bit_png(tmp_path / "deep.png", [200, 40000])
+    save_truncated_png(tmp_path / "broken.png")
+    for name, files in (("deep", ["deep.png"]), ("broken", ["deep.png", "broken.png"])):
+        rows = datasets.Dataset.from_dict({"img": [str(tmp_path / f) for f in files]})
+        rows.cast_column("img", datasets.Image()).save_to_disk(str(tmp_path / name))
+    assert from_hf_dataset(str(tmp_path / "deep"), image_column="img")[0]["bits"].flatten().tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match=r"row 1 .*broken\.png.* of dataset '.*broken': image file is truncated"):
+        from_hf_dataset(str(tmp_path / "broken"), image_column="img")

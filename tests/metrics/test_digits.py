@@ -5,9 +5,11 @@ from diffusers_binflow.data import load_bundled_digits
 from diffusers_binflow.metrics import (
     MIN_FD_SAMPLES,
     DigitMetrics,
+    class_histogram,
     classifier_info,
     frechet_distance,
     nearest_neighbour_hamming,
+    pixel_marginal_error,
     precision_recall,
     speckle_rate,
 )
@@ -116,3 +118,55 @@ def test_bad_input_is_refused_with_the_reason(metrics):
         metrics.floor(100)
     with pytest.raises(ValueError, match="at least 200"):
         DigitMetrics(num_samples=10)
+
+
+def test_pixel_marginal_error_refuses_image_sets_of_different_shapes_instead_of_broadcasting():
+    bits = torch.zeros(4, 1, 28, 28)
+    assert pixel_marginal_error(bits, torch.ones(3, 1, 28, 28)) == 1.0
+    with pytest.raises(ValueError, match=r"\(4, 28, 28\) and `reference_bits` \(3, 1, 28\).*same shape"):
+        pixel_marginal_error(bits[:, 0], torch.ones(3, 1, 28))
+    with pytest.raises(ValueError, match="non-empty"):
+        pixel_marginal_error(bits[:0], bits)
+
+
+@pytest.mark.parametrize("metric", [speckle_rate, lambda bits: nearest_neighbour_hamming(bits, torch.zeros(2, 1, 5, 5)),
+                                    lambda bits: nearest_neighbour_hamming(torch.zeros(2, 1, 5, 5), bits)],
+                         ids=["speckle", "nn-query", "nn-reference"])
+def test_speckle_and_nearest_neighbour_refuse_non_binary_images(metric):
+    grey = torch.full((2, 1, 5, 5), 0.5)  # probabilities, not thresholded bits
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        metric(grey)
+
+
+def test_nearest_neighbour_refuses_images_of_another_shape():
+    with pytest.raises(ValueError, match="same shape"):
+        nearest_neighbour_hamming(torch.zeros(2, 1, 5, 5), torch.zeros(2, 1, 25))
+
+
+def test_class_histogram_has_exactly_num_classes_bins_and_refuses_other_ids():
+    assert class_histogram(torch.tensor([0, 2, 2, 3]), num_classes=4).tolist() == [0.25, 0.0, 0.5, 0.25]
+    with pytest.raises(ValueError, match=r"in \[0, 4\), got \[7\]"):
+        class_histogram(torch.tensor([0, 7]), num_classes=4)  # bincount would grow an eighth bin
+    with pytest.raises(ValueError, match=r"got \[-1\]"):
+        class_histogram(torch.tensor([0, -1]), num_classes=4)
+    for bad in (torch.tensor([0.0, 1.0]), torch.tensor([True, False]), torch.zeros(0, dtype=torch.long)):
+        with pytest.raises(ValueError, match="non-empty 1-d tensor of integer class ids"):
+            class_histogram(bad, num_classes=4)
+
+
+def test_frechet_distance_refuses_a_set_of_one_point():
+    features = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="Fréchet distance needs at least 2 feature rows in each set, got 1 and 10"):
+        frechet_distance(features[:1], features)
+
+
+def test_precision_recall_refuses_sets_of_at_most_k_points_and_a_bad_k():
+    features = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    assert precision_recall(features[:4], features[4:], k=3) is not None  # k + 1 points are enough
+    with pytest.raises(ValueError, match="k = 3 needs at least 4 feature rows in each set, got 10 and 3"):
+        precision_recall(features, features[:3], k=3)
+    with pytest.raises(ValueError, match="same D"):
+        precision_recall(features, features[:, :2])
+    for k in (0, 2.0, True):
+        with pytest.raises(ValueError, match="`k` must be a positive integer"):
+            precision_recall(features, features, k=k)

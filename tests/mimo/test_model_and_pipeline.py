@@ -159,6 +159,86 @@ def test_bad_input_is_refused_with_a_reason():
         detect(pipe, batch, aggregation="median")
 
 
+def test_a_scheduler_whose_prediction_type_disagrees_with_the_model_is_refused():
+    pipe, batch = tiny_pipeline(prediction_type="logits"), channel()
+    expected = detect(pipe, batch, num_inference_steps=3).probabilities
+    scheduler = pipe.scheduler
+    pipe.scheduler = BinaryFlowMatchScheduler()  # prediction_type="sample": would read logits as x_hat
+    with pytest.raises(ValueError, match="model predicts 'logits' but the scheduler's prediction_type is 'sample'"):
+        detect(pipe, batch, num_inference_steps=3)
+    pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, prediction_type="logits")  # the fix
+    assert torch.equal(detect(pipe, batch, num_inference_steps=3).probabilities, expected)
+    pipe.scheduler = scheduler
+
+
+@pytest.mark.parametrize("noise_var", [0.1 + 0.1j, torch.full((6,), 0.1 + 0.1j)], ids=["complex", "complex-tensor"])
+def test_a_complex_noise_variance_is_refused(noise_var):
+    pipe, batch = tiny_pipeline(), channel()
+    with pytest.raises(ValueError, match="`noise_var` .N0. is the real noise variance.*got a complex value"):
+        pipe(batch.y, batch.H, noise_var, num_inference_steps=2)
+    with pytest.raises(ValueError, match="got a complex value"):
+        pipe.model.channel_features(batch.y, batch.H, noise_var)
+    from diffusers_binflow.mimo import get_modulation, lmmse
+
+    with pytest.raises(ValueError, match="got a complex value"):  # the classical detectors check it the same way
+        lmmse(batch.y, batch.H, noise_var, get_modulation("qpsk"))
+
+
+# ------------------------------------------------------------------------------------------ callbacks
+
+
+def test_callback_sees_each_step_and_can_replace_the_latents():
+    pipe, batch = tiny_pipeline(), channel()
+    seen, target = [], (torch.rand(12, 4, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+
+    def force_target_at_last_step(pipeline, i, t, callback_kwargs):
+        seen.append((i, float(t), tuple(callback_kwargs), tuple(callback_kwargs["latents"].shape)))
+        if i == pipeline.num_timesteps - 1:
+            return {"latents": 2 * target - 1}
+        return callback_kwargs
+
+    out = detect(pipe, batch, num_inference_steps=4, num_samples=2, callback_on_step_end=force_target_at_last_step)
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and seen[0][1] == 1000.0
+    assert seen[0][2] == ("latents",) and seen[0][3] == (12, 4)  # B * num_samples rows
+    assert torch.equal(out.sample_bits, target.view(6, 2, 4))
+
+
+def test_pipeline_callback_objects_and_interrupt():
+    from diffusers.callbacks import PipelineCallback
+
+    class StopAfterFirstStep(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            pipeline._interrupt = True
+            self.steps = getattr(self, "steps", 0) + 1
+            return callback_kwargs
+
+    pipe, batch = tiny_pipeline(), channel()
+    calls = []
+    pipe.model.register_forward_hook(lambda *args: calls.append(1))
+    callback = StopAfterFirstStep()
+    detect(pipe, batch, num_inference_steps=4, callback_on_step_end=callback)
+    assert callback.steps == 1 and len(calls) == 1
+    detect(pipe, batch, num_inference_steps=4)
+    assert len(calls) == 5  # the next call runs all its steps
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"callback_on_step_end": lambda *a: {}, "callback_on_step_end_tensor_inputs": ["x0"]},
+         r"\['x0'\] are not among \['latents'\]"),
+        ({"callback_on_step_end": 3}, "must be callable"),
+        ({"callback_on_step_end": lambda *a: None}, "must return a dict"),
+    ],
+)
+def test_bad_callbacks_are_refused_with_a_clear_error(kwargs, message):
+    pipe, batch = tiny_pipeline(), channel()
+    with pytest.raises(ValueError, match=message):
+        detect(pipe, batch, num_inference_steps=2, **kwargs)
+
+
 def test_push_to_hub_and_load_in_a_fresh_process(session_hub, tmp_path):
     pipe, batch = tiny_pipeline(), channel()
     pipe.push_to_hub("tester/mimo-tiny")

@@ -5,7 +5,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DDPMScheduler, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers import (
+    DDPMScheduler,
+    DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    UNet2DModel,
+)
 from diffusers.callbacks import PipelineCallback
 
 from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
@@ -260,8 +266,92 @@ def test_flow_match_euler_swapped_in_by_from_config_converts_an_x_prediction():
 
 def test_a_non_flow_scheduler_is_refused_with_the_reason():
     pipe = BinaryFlowPipeline(unet=tiny_unet(), scheduler=DDPMScheduler())
-    with pytest.raises(ValueError, match="not a flow-matching scheduler"):
+    with pytest.raises(ValueError, match="not one of the flow-matching ODE solvers"):
         pipe(num_inference_steps=2)
+
+
+SWAP_SIGMAS = [1.0, 0.75, 0.5, 0.25]
+
+
+def oracle_pipeline(**scheduler_kwargs):
+    """A pipeline whose x-prediction is that of a perfectly trained model: the exact posterior mean of 4 prototypes."""
+    prototypes = (torch.rand(4, 64, generator=seeded(3)) < 0.5).float()
+    pipe = BinaryFlowPipeline(unet=OracleDenoiser(prototypes, sample_size=8),
+                              scheduler=BinaryFlowMatchScheduler(**scheduler_kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("make_pipeline", [oracle_pipeline, tiny_pipeline], ids=["trained", "untrained"])
+def test_a_fresh_flow_match_euler_swapped_into_an_x_prediction_pipeline_gives_the_native_bits(make_pipeline):
+    pipe = make_pipeline(prediction_type="sample")
+    native = pipe(batch_size=8, sigmas=SWAP_SIGMAS, generator=seeded(), output_type="pt").images
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+    swapped = pipe(batch_size=8, sigmas=SWAP_SIGMAS, generator=seeded(), output_type="pt").images
+    assert pipe.prediction_type == "sample" and pipe.config.prediction_type == "sample"
+    assert torch.equal(native, swapped)
+
+
+def test_flow_match_heun_gives_the_bits_of_the_native_heun_solver_on_its_grid():
+    heun = FlowMatchHeunDiscreteScheduler()
+    heun.set_timesteps(4)
+    grid = heun.sigmas[0::2].tolist()  # each interior sigma appears twice in Heun's grid; the terminal 0 once
+    pipe = tiny_pipeline(prediction_type="logits", solver="heun")
+    native = pipe(batch_size=4, sigmas=grid, generator=seeded(), output_type="probs").images
+    pipe.scheduler = heun
+    swapped = pipe(batch_size=4, num_inference_steps=4, generator=seeded(), output_type="probs").images
+    assert pipe.num_timesteps == 7  # 2 model calls per step, 1 on the last
+    torch.testing.assert_close(native, swapped, rtol=1e-5, atol=1e-6)
+    assert torch.equal(native > 0.5, swapped > 0.5)
+
+
+@pytest.mark.parametrize(
+    "scheduler, message",
+    [
+        (BinaryFlowMatchScheduler(), r"reads model outputs as prediction_type='sample', bit_scale=1.0"),
+        (BinaryFlowMatchScheduler(prediction_type="logits", bit_scale=2.0), r"bit_scale=2.0, but this pipeline"),
+    ],
+)
+def test_a_binary_flow_scheduler_that_reads_the_output_otherwise_is_refused(scheduler, message):
+    pipe = tiny_pipeline(prediction_type="logits")
+    pipe.scheduler = scheduler
+    with pytest.raises(ValueError, match=message):
+        pipe(num_inference_steps=2)
+
+
+def test_the_pipeline_records_what_its_denoiser_predicts_and_accepts_diffusers_name_for_the_velocity():
+    pipe = tiny_pipeline(prediction_type="logits", bit_scale=0.5)
+    assert (pipe.config.prediction_type, pipe.config.bit_scale) == ("logits", 0.5)
+    fresh = BinaryFlowPipeline(unet=pipe.unet, scheduler=FlowMatchEulerDiscreteScheduler(),
+                               prediction_type="flow_prediction")
+    assert fresh.prediction_type == "velocity" and fresh.bit_scale == 1.0
+    with pytest.raises(ValueError, match="bit_scale"):
+        BinaryFlowPipeline(unet=pipe.unet, scheduler=FlowMatchEulerDiscreteScheduler(), bit_scale=float("nan"))
+
+
+def test_a_pipeline_saved_before_it_recorded_its_prediction_type_loads_and_samples_as_before(tmp_path):
+    pipe = conditional_pipeline(prediction_type="logits", bit_scale=0.5)
+    pipe.save_pretrained(tmp_path)
+    model_index = json.loads((tmp_path / "model_index.json").read_text())
+    assert (model_index["prediction_type"], model_index["bit_scale"]) == ("logits", 0.5)
+    del model_index["prediction_type"], model_index["bit_scale"]
+    (tmp_path / "model_index.json").write_text(json.dumps(model_index))
+    loaded = BinaryFlowPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert (loaded.prediction_type, loaded.bit_scale) == ("logits", 0.5)
+    kwargs = dict(batch_size=2, class_labels=[0, 2], guidance_scale=2.0, num_inference_steps=3, output_type="probs")
+    assert torch.equal(pipe(**kwargs, generator=seeded()).images, loaded(**kwargs, generator=seeded()).images)
+
+
+@pytest.mark.parametrize("scheduler_class", [BinaryFlowMatchScheduler, FlowMatchEulerDiscreteScheduler,
+                                             FlowMatchHeunDiscreteScheduler])
+def test_a_denoiser_that_outputs_nan_is_refused_instead_of_read_as_bits(scheduler_class):
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler_class()
+    with torch.no_grad():
+        pipe.unet.conv_out.bias[0] = float("nan")
+    with pytest.raises(ValueError, match=r"step 0 \(sigma = 1\) holds NaN or inf"):
+        pipe(num_inference_steps=2, output_type="pt")
 
 
 # ----------------------------------------------------------------------------------- completion
@@ -326,6 +416,56 @@ def test_completion_with_the_exact_posterior_recovers_the_prototype_of_the_known
 def test_bad_input_is_refused_with_a_clear_error(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         tiny_pipeline()(**kwargs)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True, "2"])
+def test_batch_size_must_be_a_positive_integer(batch_size):
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
+        tiny_pipeline()(batch_size=batch_size, num_inference_steps=2)
+
+
+@pytest.mark.parametrize("generator", [(torch.Generator(),), 0, [torch.Generator(), 1]])
+def test_generator_must_be_a_torch_generator_or_a_list_of_them(generator):
+    with pytest.raises(ValueError, match="`generator` must be a torch.Generator or a list of them"):
+        tiny_pipeline()(batch_size=2, num_inference_steps=2, generator=generator)
+
+
+@pytest.mark.parametrize("sigmas", [torch.tensor(SWAP_SIGMAS), np.array(SWAP_SIGMAS), tuple(SWAP_SIGMAS)])
+def test_sigmas_as_a_tensor_or_array_equal_the_list(sigmas):
+    for scheduler in (BinaryFlowMatchScheduler(), FlowMatchEulerDiscreteScheduler()):
+        pipe = tiny_pipeline()
+        pipe.scheduler = scheduler
+        expected = pipe(batch_size=2, sigmas=SWAP_SIGMAS, generator=seeded(), output_type="probs").images
+        assert torch.equal(pipe(batch_size=2, sigmas=sigmas, generator=seeded(), output_type="probs").images, expected)
+
+
+@pytest.mark.parametrize(
+    "scheduler, sigmas, message",
+    [
+        (BinaryFlowMatchScheduler(), torch.ones(2, 2), "1-D sequence"),
+        (BinaryFlowMatchScheduler(), [], "non-empty"),
+        (FlowMatchEulerDiscreteScheduler(), [1.0, 0.5, 0.0], "must be positive"),
+        (FlowMatchHeunDiscreteScheduler(), [1.0, 0.5], "takes no custom `sigmas`"),
+    ],
+)
+def test_bad_sigmas_are_refused(scheduler, sigmas, message):
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler
+    with pytest.raises(ValueError, match=message):
+        pipe(sigmas=sigmas)
+
+
+@pytest.mark.parametrize("guidance_scale", [float("nan"), float("inf"), -float("inf")])
+def test_guidance_scale_must_be_finite(guidance_scale):
+    with pytest.raises(ValueError, match="`guidance_scale` must be a finite number"):
+        conditional_pipeline()(batch_size=2, class_labels=[0, 1], guidance_scale=guidance_scale,
+                               num_inference_steps=2)
+
+
+@pytest.mark.parametrize("labels", [[0.0, 1.0], [True, False], torch.tensor([0.5, 1.0])])
+def test_class_labels_must_be_integer_ids(labels):
+    with pytest.raises(ValueError, match="`class_labels` must be integer class ids"):
+        conditional_pipeline()(batch_size=2, class_labels=labels, num_inference_steps=2)
 
 
 @pytest.mark.parametrize("labels, message", [([3], "null label"), ([7], r"\[0, 4\)"), ([-1], "class ids"),

@@ -148,6 +148,27 @@ def test_output_is_a_base_output_with_prev_and_original_sample():
     assert out.prev_sample.shape == out.pred_original_sample.shape
 
 
+def test_flow_prediction_is_diffusers_name_for_the_velocity():
+    alias, velocity = (BinaryFlowMatchScheduler(prediction_type=name, final_step="none")
+                       for name in ("flow_prediction", "velocity"))
+    assert alias.config.prediction_type == "velocity"
+    for scheduler in (alias, velocity):
+        scheduler.set_timesteps(2)
+    out = [s.step(0.3 * dummy_sample(1), s.timesteps[0], dummy_sample()).prev_sample for s in (alias, velocity)]
+    assert torch.equal(*out)
+
+
+@pytest.mark.parametrize("timestep", [torch.tensor(250.0), torch.tensor([250.0]), 250.0, torch.full((4,), 250.0)])
+def test_scale_noise_broadcasts_one_timestep_over_the_batch_like_flow_match_euler(timestep):
+    ours, theirs = BinaryFlowMatchScheduler(), FlowMatchEulerDiscreteScheduler()
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(sigmas=[1.0, 0.5, 0.25])
+    sample, noise = dummy_sample(0), dummy_sample(1)
+    expected = theirs.scale_noise(sample, torch.tensor([250.0]), noise)
+    torch.testing.assert_close(ours.scale_noise(sample, timestep, noise), expected)
+    torch.testing.assert_close(ours.add_noise(sample, noise, timestep), expected)
+
+
 def test_set_begin_index_starts_part_way():
     full, partial = BinaryFlowMatchScheduler(final_step="none"), BinaryFlowMatchScheduler(final_step="none")
     for s in (full, partial):
@@ -333,6 +354,10 @@ def test_config_attributes_warn_and_missing_attributes_raise():
         ({"solver": "rk4"}, "solver"),
         ({"final_step": "round"}, "final_step"),
         ({"bit_scale": 0.0}, "bit_scale"),
+        ({"bit_scale": float("nan")}, "`bit_scale` must be a finite positive number"),
+        ({"bit_scale": float("inf")}, "`bit_scale` must be a finite positive number"),
+        ({"shift": float("nan")}, "`shift` must be a finite positive number"),
+        ({"shift": float("inf")}, "`shift` must be a finite positive number"),
         ({"num_train_timesteps": 0}, "num_train_timesteps"),
         ({"solver": "heun", "stochastic_sampling": True}, "solver='euler' only"),
     ],
@@ -358,6 +383,27 @@ def test_bad_config_is_refused_by_name(kwargs, message):
 def test_bad_grid_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BinaryFlowMatchScheduler().set_timesteps(**kwargs)
+
+
+@pytest.mark.parametrize("begin_index", [-1, 3, 1.0, True])
+def test_set_begin_index_outside_the_grid_is_refused(begin_index):
+    scheduler = BinaryFlowMatchScheduler()
+    scheduler.set_timesteps(3)
+    with pytest.raises(ValueError, match=r"`begin_index` must be an index into `timesteps`, in \[0, 3\)"):
+        scheduler.set_begin_index(begin_index)
+
+
+@pytest.mark.parametrize("prediction_type, bad", [("sample", float("nan")), ("velocity", float("nan")),
+                                                  ("velocity", float("inf")), ("logits", float("nan"))])
+def test_a_non_finite_prediction_is_refused_naming_the_step(prediction_type, bad):
+    scheduler = BinaryFlowMatchScheduler(prediction_type=prediction_type)
+    scheduler.set_timesteps(4)
+    sample = dummy_sample()
+    scheduler.step(torch.zeros_like(sample), scheduler.timesteps[0], sample)
+    output = torch.zeros_like(sample)
+    output[1, 0, 2, 3] = bad
+    with pytest.raises(ValueError, match=r"step 1 \(sigma = 0.75\) holds NaN or inf"):
+        scheduler.step(output, scheduler.timesteps[1], sample)
 
 
 def test_step_before_set_timesteps_is_refused():

@@ -58,6 +58,20 @@ def test_codes_that_name_no_token_raise_or_are_mapped_and_reported(bit_code):
         codec.decode(every_code, out_of_range_id=5)
 
 
+def test_ids_beyond_a_smaller_tokenizer_count_as_naming_no_token():
+    codec = TokenBitCodec(8)  # every 3-bit code is an id of the codec, but a tokenizer of 6 tokens lacks 6 and 7
+    ids = torch.tensor([0, 5, 6, 7])
+    with pytest.raises(ValueError, match=r"2 code\(s\) name no token id in \[0, 6\)"):
+        codec.decode(codec.encode(ids), num_tokens=6)
+    decoded, out_of_range = codec.decode(codec.encode(ids), out_of_range_id=1, num_tokens=6)
+    assert decoded.tolist() == [0, 5, 1, 1] and out_of_range.tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match=r"`out_of_range_id` must be in \[0, 6\)"):
+        codec.decode(codec.encode(ids), out_of_range_id=6, num_tokens=6)
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match=r"`num_tokens` must be in \[1, 8\]"):
+            codec.decode(codec.encode(ids), num_tokens=bad)
+
+
 def test_decoding_needs_binary_bits_of_the_codec_width():
     codec = TokenBitCodec(5)
     with pytest.raises(ValueError, match="shape"):

@@ -4,8 +4,10 @@ import textwrap
 
 import pytest
 import torch
+from diffusers.callbacks import PipelineCallback
 
 from diffusers_binflow import BinaryFlowMatchScheduler
+from diffusers_binflow.bits import bits_to_signal
 from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
 from diffusers_binflow.sequences import (
     ArithmeticStatements,
@@ -22,11 +24,11 @@ def tokenizer():
     return train_tokenizer(TASK.texts("all"), "char")  # 14 tokens: [PAD], [UNK], +, =, 0-9 -> 4 bits
 
 
-def make_pipeline(tokenizer, bias=None, stochastic=False):
+def make_pipeline(tokenizer, bias=None, stochastic=False, vocab_size=None):
     """A tiny pipeline whose output layer is random (or a constant `bias`), so samples depend on the noise."""
     torch.manual_seed(0)
-    denoiser = BitSequenceTransformer(vocab_size=len(tokenizer), max_length=8, hidden_size=32, num_layers=1,
-                                      num_heads=2)
+    denoiser = BitSequenceTransformer(vocab_size=vocab_size or len(tokenizer), max_length=8, hidden_size=32,
+                                      num_layers=1, num_heads=2)
     with torch.no_grad():
         if bias is None:
             torch.nn.init.normal_(denoiser.proj_out.weight, std=2.0)
@@ -100,6 +102,82 @@ def test_codes_that_name_no_token_become_unk_and_are_reported(tokenizer):
     pipe = make_pipeline(tokenizer, bias=20.0)  # every bit 1: code 15, but the vocabulary has 14 ids
     out = pipe(batch_size=2, num_inference_steps=2, output_type="ids")
     assert out.out_of_range.all() and (out.sequences == tokenizer.unk_token_id).all()
+    texts = pipe(batch_size=2, num_inference_steps=2)
+    assert texts.out_of_range.all() and texts.sequences == ["[UNK]" * 8] * 2  # visible in the text, not dropped
+
+
+def test_ids_the_tokenizer_lacks_are_reported_and_shown_as_unk_not_dropped_from_the_text(tokenizer):
+    pipe = make_pipeline(tokenizer, bias=20.0, vocab_size=16)  # code 15 is an id of the denoiser, not a token
+    out = pipe(batch_size=2, num_inference_steps=2, output_type="ids")
+    assert out.out_of_range.all() and (out.sequences == tokenizer.unk_token_id).all()
+    texts = pipe(batch_size=2, num_inference_steps=2)
+    assert texts.out_of_range.all() and texts.sequences == ["[UNK]" * 8] * 2
+
+
+def test_texts_drop_padding_but_keep_the_tokens_in_place(pipe):
+    target = pipe.tokenizer(["7+8=15", "9"], add_special_tokens=False, padding="max_length", max_length=8,
+                            return_tensors="pt")["input_ids"]
+    out = pipe(batch_size=2, num_inference_steps=2, callback_on_step_end=replace_at_last_step(pipe, target))
+    assert out.sequences == ["7+8=15", "9"] and not out.out_of_range.any()
+
+
+# ------------------------------------------------------------------------------------------ callbacks
+
+
+def replace_at_last_step(pipe, token_ids, seen=None):
+    """A callback that records each call and, at the last step, replaces the latents by the signal of `token_ids`."""
+
+    def callback(pipeline, i, t, callback_kwargs):
+        if seen is not None:
+            seen.append((i, float(t), tuple(callback_kwargs)))
+        if i == pipeline.num_timesteps - 1:
+            return {"latents": bits_to_signal(pipe.codec.encode(token_ids), pipe.bit_scale)}
+        return callback_kwargs
+
+    return callback
+
+
+def test_callback_sees_each_step_and_can_replace_the_latents(pipe):
+    seen, target = [], torch.arange(16).remainder(14).view(2, 8)
+    callback = replace_at_last_step(pipe, target, seen)
+    ids = sample(pipe, batch_size=2, num_inference_steps=4, callback_on_step_end=callback)
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and seen[0][1] == 1000.0 and seen[0][2] == ("latents",)
+    assert torch.equal(ids, target)
+
+
+def test_pipeline_callback_objects_and_interrupt(pipe):
+    class StopAfterFirstStep(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            pipeline._interrupt = True
+            self.steps = getattr(self, "steps", 0) + 1
+            return callback_kwargs
+
+    calls = []
+    hook = pipe.denoiser.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        callback = StopAfterFirstStep()
+        latents = sample(pipe, num_inference_steps=4, output_type="latent", callback_on_step_end=callback)
+    finally:
+        hook.remove()
+    assert callback.steps == 1 and len(calls) == 1
+    assert not set(latents.unique().tolist()) <= {-1.0, 1.0}  # stopped before the final (thresholding) step
+    assert sample(pipe, num_inference_steps=2).shape == (4, 8)  # the next call runs all its steps again
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"callback_on_step_end": lambda *a: {}, "callback_on_step_end_tensor_inputs": ["noise"]},
+         r"\['noise'\] are not among \['latents'\]"),
+        ({"callback_on_step_end": "not a function"}, "must be callable"),
+        ({"callback_on_step_end": lambda *a: None}, "must return a dict"),
+    ],
+)
+def test_bad_callbacks_are_refused_with_a_clear_error(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample(pipe, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -109,6 +187,13 @@ def test_a_tokenizer_larger_than_the_denoiser_vocabulary_is_refused(pipe):
     bigger = train_tokenizer(TASK.texts("all") + ["abcdefgh"], "char")
     with pytest.raises(ValueError, match="tokenizer has 22 tokens.*vocabulary of 14 in 4 bits"):
         BinaryFlowSequencePipeline(denoiser=pipe.denoiser, scheduler=pipe.scheduler, tokenizer=bigger)
+
+
+def test_a_tokenizer_assigned_after_construction_is_checked_at_the_call(tokenizer):
+    pipe = make_pipeline(tokenizer)
+    pipe.tokenizer = train_tokenizer(TASK.texts("all") + ["abcdefgh"], "char")
+    with pytest.raises(ValueError, match="tokenizer has 22 tokens.*vocabulary of 14 in 4 bits"):
+        pipe(batch_size=1, num_inference_steps=2)
 
 
 def test_sequences_longer_than_the_denoiser_maximum_are_refused(pipe):

