@@ -1,7 +1,8 @@
 """diffusers-binflow: binary flow matching (arXiv 2602.10420) as diffusers components.
 
 Import this package before loading a saved pipeline: diffusers resolves our classes from the module paths that
-`model_index.json` records, and it only looks at modules that are already imported.
+`model_index.json` records, and it only looks at modules that are already imported. Importing it also lets
+`DiffusionPipeline.from_pretrained(folder)` find our pipeline classes (see `pipelines/__init__.py`).
 """
 
 from .bits import bits_to_signal, signal_to_bits, signal_to_probabilities

@@ -4,8 +4,6 @@ A bit ``b`` in {0, 1} becomes the signal ``x = bit_scale * (2b - 1)`` in {-bit_s
 runs in signal space. Everything that crosses between the two spaces calls these functions.
 """
 
-import math
-import numbers
 
 import torch
 
@@ -17,12 +15,6 @@ def check_binary(bits: torch.Tensor, name: str = "bits") -> None:
     if not ((bits == 0) | (bits == 1)).all():
         found = torch.unique(bits.detach().flatten())[:6].tolist()
         raise ValueError(f"`{name}` must hold only 0 and 1, but it contains other values, e.g. {found}.")
-
-
-def check_bit_scale(bit_scale) -> None:
-    """Raise a `ValueError` unless `bit_scale` is a finite positive number (the signal's amplitude)."""
-    if not (isinstance(bit_scale, numbers.Real) and math.isfinite(bit_scale) and bit_scale > 0):
-        raise ValueError(f"`bit_scale` must be a finite positive number, got {bit_scale!r}.")
 
 
 def bits_to_signal(bits: torch.Tensor, bit_scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:

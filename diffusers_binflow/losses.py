@@ -8,16 +8,15 @@ sigma. Any bounded heuristic is an aligned loss with a bounded weight: a v-loss 
 ``c`` equals the x-loss weighted by ``min(sigma**-2, c**-2)``.
 """
 
-import math
 import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .bits import bits_to_signal, check_binary, check_bit_scale
+from .bits import bits_to_signal, check_binary
 from .flow import X_PREDICTION_TYPES, check_prediction_type, expand_sigma, predict_x0
-from .utils import check_choice
+from .utils import check_choice, check_positive
 
 
 LOSS_SPACES = ("x", "v")
@@ -47,7 +46,7 @@ def implied_weight(prediction_type: str, loss_space: str, sigmas, v_clamp: float
     It is 1 for the aligned pairs (x-prediction with x-loss, velocity-prediction with v-loss) and ``1 / sigma**2``
     (``min(sigma**-2, v_clamp**-2)`` with a clamp) for x-prediction with v-loss.
     """
-    check_prediction_type(prediction_type)
+    prediction_type = check_prediction_type(prediction_type)
     check_choice("loss_space", loss_space, LOSS_SPACES)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
     _check_sigmas(sigmas, loss_space, v_clamp)
@@ -57,7 +56,7 @@ def implied_weight(prediction_type: str, loss_space: str, sigmas, v_clamp: float
 
 def inverse_square_weight(w_max: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The bounded weighting ``min(sigma**-2, w_max)``; ``w_max = 1 / c**2`` reproduces a v-loss clamped at ``c``."""
-    _check_positive("w_max", w_max)
+    check_positive("w_max", w_max)
     return lambda sigmas: sigmas.pow(-2).clamp_max(w_max)
 
 
@@ -92,7 +91,7 @@ def binary_flow_loss(
     Misaligned pairs (x-prediction with v-loss, velocity-prediction with x-loss) are computed as asked and warn
     once, naming the weight they imply.
     """
-    check_prediction_type(prediction_type)
+    prediction_type = check_prediction_type(prediction_type)
     check_choice("loss_space", loss_space, LOSS_SPACES)
     check_choice("loss_type", loss_type, LOSS_TYPES)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -107,7 +106,7 @@ def binary_flow_loss(
     if loss_type == "bce" and (loss_space != "x" or prediction_type != "logits"):
         raise ValueError("loss_type='bce' is the x-space cross-entropy on per-bit logits: it needs "
                          "prediction_type='logits' and loss_space='x'.")
-    check_bit_scale(bit_scale)
+    check_positive("bit_scale", bit_scale)
     _check_sigmas(torch.as_tensor(sigmas), loss_space, v_clamp)
     _warn_if_misaligned(prediction_type, loss_space)
     sigmas = expand_sigma(sigmas, model_output.float())
@@ -134,16 +133,11 @@ def binary_flow_loss(
     return elementwise
 
 
-def _check_positive(name: str, value) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"`{name}` must be a finite positive number, got {value}.")
-
-
 def _check_sigmas(sigmas: torch.Tensor, loss_space: str, v_clamp: float | None) -> None:
     """Sigmas must lie on the path, [0, 1] (NaN fails too); a v-space loss divides by sigma, so without a positive
     `v_clamp` it needs sigma > 0."""
     if v_clamp is not None:
-        _check_positive("v_clamp", v_clamp)
+        check_positive("v_clamp", v_clamp)
     on_path = (sigmas >= 0) & (sigmas <= 1)
     if not on_path.all():
         raise ValueError(f"`sigmas` must lie in [0, 1] (1 = noise, 0 = data), got {sigmas[~on_path][:6].tolist()}.")

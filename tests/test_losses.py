@@ -250,3 +250,11 @@ def test_a_v_clamp_that_is_not_finite_and_positive_is_refused(v_clamp):
         binary_flow_loss(torch.zeros_like(noisy), bits, noisy, sigmas, loss_space="v", v_clamp=v_clamp)
     with pytest.raises(ValueError, match="`v_clamp` must be a finite positive number"):
         implied_weight("sample", "v", torch.tensor([0.5]), v_clamp=v_clamp)
+
+
+def test_diffusers_name_for_the_velocity_gives_the_velocity_loss():
+    generator = torch.Generator().manual_seed(0)
+    bits = (torch.rand(4, 8, generator=generator) < 0.5).float()
+    output, noisy, sigmas = torch.randn(4, 8, generator=generator), torch.randn(4, 8, generator=generator), torch.rand(4, generator=generator)
+    alias = binary_flow_loss(output, bits, noisy, sigmas, prediction_type="flow_prediction", loss_space="v")
+    assert torch.equal(alias, binary_flow_loss(output, bits, noisy, sigmas, prediction_type="velocity", loss_space="v"))

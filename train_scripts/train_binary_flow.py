@@ -153,6 +153,9 @@ def main(args):
                              is None else "class-conditional: pass --class_conditional with labelled data."))
         if num_classes is not None and num_classes > base_null:
             raise SystemExit(f"The pretrained model knows {base_null} classes, the data has {num_classes}.")
+        if (base.prediction_type, base.bit_scale) != (args.prediction_type, args.bit_scale):
+            raise SystemExit(f"The pretrained model predicts {base.prediction_type!r} at bit_scale {base.bit_scale}: "
+                             f"pass --prediction_type {base.prediction_type} --bit_scale {base.bit_scale}.")
         null_class = base_null  # new classes reuse the first embedding slots; the null class stays
     else:
         unet = build_unet(args.model_config, height, channels, None if num_classes is None else num_classes + 1)

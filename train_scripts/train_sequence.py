@@ -150,6 +150,10 @@ def main(args):
     if args.pretrained_model_name_or_path:
         base = BinaryFlowSequencePipeline.from_pretrained(args.pretrained_model_name_or_path, cache_dir=args.cache_dir)
         denoiser, tokenizer = base.denoiser, base.tokenizer
+        trained_as = (base.scheduler.config.prediction_type, base.bit_scale)
+        if trained_as != (args.prediction_type, args.bit_scale):
+            raise SystemExit(f"The pretrained model predicts {trained_as[0]!r} at bit_scale {trained_as[1]}: pass "
+                             f"--prediction_type {trained_as[0]} --bit_scale {trained_as[1]}.")
         max_length = args.max_length or denoiser.config.max_length
         if max_length > denoiser.config.max_length:
             raise SystemExit(f"--max_length {max_length} exceeds the pretrained model's maximum "

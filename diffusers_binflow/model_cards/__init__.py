@@ -59,15 +59,23 @@ def portable_value(value):
     return value
 
 
+def is_our_model_card(readme: Path) -> bool:
+    """Whether `readme` is a card of ours (tagged `diffusers_binflow`), not e.g. diffusers' generic one."""
+    return Path(readme).is_file() and "diffusers_binflow" in (ModelCard.load(readme).data.tags or [])
+
+
 def pipeline_model_card(pipeline, repo_id: str) -> str:
     """The card of a pipeline pushed without a training run: usage and what its components' configs say."""
     name = type(pipeline).__name__
     if name == "BinaryFlowPipeline":
         channels, height, _ = pipeline.sample_shape
         null_class = pipeline.config.null_class_label
-        return render_model_card(name, repo_id=repo_id, conditional=pipeline.num_class_embeds is not None,
-                                 tags=["class-conditional"] if pipeline.num_class_embeds else [], channels=channels,
-                                 resolution=height, num_classes=null_class, null_class_label=null_class,
+        conditional = pipeline.num_class_embeds is not None
+        return render_model_card(name, repo_id=repo_id, conditional=conditional,
+                                 tags=["class-conditional"] if conditional else ["unconditional-image-generation"],
+                                 channels=channels, resolution=height,
+                                 num_classes=null_class if null_class is not None else pipeline.num_class_embeds,
+                                 null_class_label=null_class,
                                  guidance_scale=2.0, num_inference_steps=16, grid_file=None)
     if name == "BinaryFlowSequencePipeline":
         return render_model_card(name, repo_id=repo_id, tags=["discrete-diffusion"], num_inference_steps=16)

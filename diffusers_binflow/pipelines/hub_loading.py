@@ -1,8 +1,10 @@
 """Loading and pushing for pipelines whose components come from this package (see `diffusers_binflow.hub`)."""
 
 import os
+from pathlib import Path
 
 from ..hub import code_free_folder, snapshot_pipeline, upload_pipeline_folder
+from ..model_cards import is_our_model_card, pipeline_model_card
 
 
 class BinflowHubMixin:
@@ -45,8 +47,13 @@ class BinflowHubMixin:
 
     def _upload_folder(self, working_dir: str | os.PathLike, repo_id: str, token=None, commit_message=None,
                        create_pr=False, subfolder=None):
-        """Used by `push_to_hub` and `save_pretrained(push_to_hub=True)`: upload with the Hub-side code files."""
+        """Used by `push_to_hub` and `save_pretrained(push_to_hub=True)`: upload with the Hub-side code files, and
+        with our model card (install note, usage, tags) where diffusers wrote its generic one; a card of ours already
+        in the repo (e.g. a training run's) is kept."""
         if subfolder is not None:
             raise ValueError("Pushing a pipeline into a subfolder of a repo is not supported.")
+        readme = Path(working_dir) / "README.md"
+        if not is_our_model_card(readme):
+            readme.write_text(pipeline_model_card(self, repo_id), encoding="utf-8")
         return upload_pipeline_folder(working_dir, repo_id, type(self), token=token, commit_message=commit_message,
                                       create_pr=create_pr)

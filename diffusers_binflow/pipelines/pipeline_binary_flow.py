@@ -14,9 +14,10 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..bits import bits_to_signal, check_bit_scale, signal_to_bits, signal_to_probabilities
+from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
 from ..flow import check_finite_estimate, check_prediction_type, model_output_from_x0, predict_velocity, predict_x0
 from ..schedulers import BinaryFlowMatchScheduler
+from ..utils import check_positive
 from .binary_images import bits_to_images, images_to_bits
 from .callbacks import StepEndCallbackMixin
 from .completion import reimpose_known
@@ -69,7 +70,7 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
         scheduler_config = scheduler.config if flow_scheduler else {}
         prediction_type = check_prediction_type(prediction_type or scheduler_config.get("prediction_type", "velocity"))
         bit_scale = scheduler_config.get("bit_scale", 1.0) if bit_scale is None else bit_scale
-        check_bit_scale(bit_scale)
+        check_positive("bit_scale", bit_scale)
         self.register_to_config(null_class_label=null_class_label, prediction_type=prediction_type, bit_scale=bit_scale)
 
     # ------------------------------------------------------------------------------------------- properties

@@ -1,7 +1,5 @@
 """ODE sampler for binary flow matching (arXiv 2602.10420), in the diffusers scheduler API."""
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -10,9 +8,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..bits import bits_to_signal, check_bit_scale, signal_to_bits, signal_to_probabilities
+from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
 from ..flow import check_finite_estimate, check_prediction_type, interpolate, predict_velocity, predict_x0
-from ..utils import check_choice
+from ..utils import check_choice, check_positive
 
 
 SOLVERS = ("euler", "heun")
@@ -87,9 +85,8 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         check_choice("final_step", final_step, FINAL_STEPS)
         if num_train_timesteps < 1:
             raise ValueError(f"`num_train_timesteps` must be at least 1, got {num_train_timesteps}.")
-        check_bit_scale(bit_scale)
-        if not (isinstance(shift, numbers.Real) and math.isfinite(shift) and shift > 0):
-            raise ValueError(f"`shift` must be a finite positive number, got {shift!r}.")
+        check_positive("bit_scale", bit_scale)
+        check_positive("shift", shift)
         if stochastic_sampling and solver != "euler":
             raise ValueError("stochastic_sampling replaces the ODE step and works with solver='euler' only.")
         self.order = 2 if solver == "heun" else 1

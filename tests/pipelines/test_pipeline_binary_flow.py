@@ -430,7 +430,7 @@ def test_generator_must_be_a_torch_generator_or_a_list_of_them(generator):
         tiny_pipeline()(batch_size=2, num_inference_steps=2, generator=generator)
 
 
-@pytest.mark.parametrize("sigmas", [torch.tensor(SWAP_SIGMAS), np.array(SWAP_SIGMAS), tuple(SWAP_SIGMAS)])
+@pytest.mark.parametrize("sigmas", [torch.tensor(SWAP_SIGMAS), np.array(SWAP_SIGMAS)], ids=["tensor", "array"])
 def test_sigmas_as_a_tensor_or_array_equal_the_list(sigmas):
     for scheduler in (BinaryFlowMatchScheduler(), FlowMatchEulerDiscreteScheduler()):
         pipe = tiny_pipeline()

@@ -120,3 +120,23 @@ def test_save_pretrained_with_push_keeps_the_local_folder_plain_and_never_writes
                 assert secret.encode() not in path.read_bytes(), path
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err + caplog.text
+
+
+def test_a_plain_push_to_hub_uploads_our_model_card_not_diffusers_generic_one(session_hub, pushed):
+    import yaml
+
+    card = session_hub.files(pushed["repo_id"])["README.md"].decode()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert {"diffusers", "diffusers-binflow", "diffusers_binflow", "class-conditional"} <= set(metadata["tags"])
+    assert "pipeline_tag" not in metadata, "the Hub has no class-conditional image task"
+    assert "pip install diffusers-binflow" in card and 'BinaryFlowPipeline.from_pretrained("tester/binflow-tiny")' in card
+    assert "class_labels=list(range(8))" in card and "TODO" not in card
+
+
+def test_a_push_keeps_a_card_of_ours_already_in_the_repo(session_hub, tmp_path):
+    repo_id = "tester/binflow-keeps-card"
+    create_repo(repo_id)
+    card = "---\nlibrary_name: diffusers\ntags:\n- diffusers_binflow\n---\n\n# Trained card\n\nmetrics here\n"
+    upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id)
+    conditional_pipeline().push_to_hub(repo_id)
+    assert "metrics here" in session_hub.files(repo_id)["README.md"].decode()

@@ -158,15 +158,15 @@ def test_flow_prediction_is_diffusers_name_for_the_velocity():
     assert torch.equal(*out)
 
 
-@pytest.mark.parametrize("timestep", [torch.tensor(250.0), torch.tensor([250.0]), 250.0, torch.full((4,), 250.0)])
-def test_scale_noise_broadcasts_one_timestep_over_the_batch_like_flow_match_euler(timestep):
+def test_scale_noise_broadcasts_one_timestep_over_the_batch_like_flow_match_euler():
     ours, theirs = BinaryFlowMatchScheduler(), FlowMatchEulerDiscreteScheduler()
     for scheduler in (ours, theirs):
         scheduler.set_timesteps(sigmas=[1.0, 0.5, 0.25])
-    sample, noise = dummy_sample(0), dummy_sample(1)
+    sample, noise = dummy_sample(0), dummy_sample(1)  # a batch of 4
     expected = theirs.scale_noise(sample, torch.tensor([250.0]), noise)
-    torch.testing.assert_close(ours.scale_noise(sample, timestep, noise), expected)
-    torch.testing.assert_close(ours.add_noise(sample, noise, timestep), expected)
+    for timestep in (torch.tensor([250.0]), torch.tensor(250.0), 250.0, torch.full((4,), 250.0)):
+        torch.testing.assert_close(ours.scale_noise(sample, timestep, noise), expected)
+        torch.testing.assert_close(ours.add_noise(sample, noise, timestep), expected)
 
 
 def test_set_begin_index_starts_part_way():

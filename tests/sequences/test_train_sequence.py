@@ -4,7 +4,6 @@ Runs check behaviour (outputs, text files with their own tokenizers, publishing,
 quality. The Hub is tests/hub_server.py (see conftest.py).
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,11 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
 
 from tests.hub_client import run_client
+from tests.train_scripts.runs import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "train_scripts" / "train_sequence.py"
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
@@ -117,19 +116,12 @@ def test_a_text_file_trains_with_a_tokenizer_folder(tmp_path, tiny_config):
 # ------------------------------------------------------------------------------------------ bad input
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_sequence", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def refused(tmp_path, tiny_config, *extra) -> str:
     """The script's message for options it must refuse, checked in-process; nothing may be written."""
     output_dir = tmp_path / "out"
     output_dir.mkdir(exist_ok=True)
     (output_dir / "keep.txt").write_text("earlier work")
-    script = load_script()
+    script = load_script("train_sequence")
     with pytest.raises((ValueError, SystemExit)) as caught:
         script.main(script.parse_args(command(output_dir, tiny_config, *extra)[2:]))
     assert sorted(p.name for p in output_dir.iterdir()) == ["keep.txt"], "nothing is written before the error"
@@ -155,14 +147,14 @@ def test_a_fresh_run_never_overwrites_checkpoints(published, tmp_path, tiny_conf
     output_dir, _ = published
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "checkpoint-2").symlink_to(output_dir / "checkpoint-2")
-    script = load_script()
+    script = load_script("train_sequence")
     with pytest.raises(SystemExit, match="--resume_from_checkpoint latest"):
         script.main(script.parse_args(command(tmp_path / "out", tiny_config)[2:]))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-2"]
 
 
 def test_bce_without_logits_is_refused(capsys):
-    script = load_script()
+    script = load_script("train_sequence")
     with pytest.raises(SystemExit):
         script.parse_args(["--output_dir", "x", "--prediction_type", "sample"])
     assert "needs --prediction_type logits" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Running the three training scripts as users do (subprocesses, `accelerate launch` for several processes), on
 data small enough that a run crosses several epoch boundaries in a few seconds."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,3 +81,11 @@ def model_weights(folder: Path, script: str) -> dict:
 
 def log_records(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "logs" / "train_log.jsonl").read_text().splitlines()]
+
+
+def load_script(name: str):
+    """A training script as a module, for in-process checks of its options."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "train_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

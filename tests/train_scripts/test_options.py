@@ -1,13 +1,12 @@
 """The options of the three training scripts: the same diffusers-style set in each, every bad value refused at
 parse time with a message naming it (before anything is written), and the LR schedules with several processes."""
 
-import importlib.util
 import math
 
 import pytest
 import torch
 
-from tests.train_scripts.runs import ROOT, small_run_options, train
+from tests.train_scripts.runs import load_script, small_run_options, train
 
 SCRIPTS = ("train_binary_flow", "train_sequence", "train_mimo")
 SHARED_FLAGS = ("--report_to", "--logging_dir", "--cache_dir", "--gradient_checkpointing", "--allow_tf32",
@@ -15,13 +14,6 @@ SHARED_FLAGS = ("--report_to", "--logging_dir", "--cache_dir", "--gradient_check
                 "--enable_xformers_memory_efficient_attention", "--mixed_precision", "--checkpoints_total_limit",
                 "--resume_from_checkpoint", "--push_to_hub", "--hub_token", "--hub_model_id", "--hub_private_repo",
                 "--max_train_steps", "--gradient_accumulation_steps", "--use_ema", "--seed")
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "train_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module", params=SCRIPTS)

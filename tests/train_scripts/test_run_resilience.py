@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from tests.train_scripts.runs import log_records, model_weights, small_run_options, train
+from tests.train_scripts.runs import load_script, log_records, model_weights, small_run_options, train
 
 SCRIPTS = ("train_binary_flow", "train_sequence", "train_mimo")
 # 10 optimiser steps, a checkpoint every 3 (and the final one at 10), a log record every step.
@@ -46,8 +46,9 @@ def reference_runs(workdir):
     return get
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-@pytest.mark.parametrize("script", SCRIPTS)
+# Two processes for the scripts with epochs (the MIMO script draws a fresh stream: its resumption is the seeds').
+@pytest.mark.parametrize("script, processes", [(script, 1) for script in SCRIPTS]
+                         + [("train_binary_flow", 2), ("train_sequence", 2)])
 def test_a_run_killed_after_a_checkpoint_resumes_exactly_across_epoch_boundaries(script, processes, workdir,
                                                                                  reference_runs, tmp_path):
     reference = reference_runs(script, processes)
@@ -66,7 +67,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_exactly_across_epoch_boundaries
     assert resumed == [r["loss"] for r in log_records(reference) if r["step"] == 10]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ["train_binary_flow", "train_sequence"])
 def test_the_lr_curve_per_optimiser_step_does_not_depend_on_the_number_of_processes(script, reference_runs):
     from diffusers.optimization import get_scheduler
 
@@ -105,22 +106,31 @@ def test_a_fault_during_a_checkpoint_write_with_a_total_limit_of_1_loses_nothing
 
 
 def test_checkpoints_that_are_not_this_runs_are_refused(workdir, reference_runs, tmp_path):
-    image = reference_runs("train_binary_flow", 1)
-    sequence = reference_runs("train_sequence", 1)
-    options = (*small_run_options("train_binary_flow", workdir), *RUN)
-    cases = {  # message: (checkpoint, processes, other options)
-        "was written by train_sequence, not train_binary_flow": (sequence / "checkpoint-9", 1),
-        "--loss_space 'x' vs 'v'": (image / "checkpoint-9", 1, "--loss_space", "v"),
-        "was written by 1 process(es), this run has 2": (image / "checkpoint-9", 2),
-        "is not a complete checkpoint": (tmp_path / "checkpoint-5", 1),
-    }
+
+    from diffusers_binflow.checkpoints import check_checkpoint_matches, resolve_checkpoint
+    from diffusers_binflow.training_runs import run_options
+
+    image, sequence = reference_runs("train_binary_flow", 1), reference_runs("train_sequence", 1)
+    script = load_script("train_binary_flow")
+    options = run_options(script.parse_args(["--output_dir", "x", *small_run_options("train_binary_flow", workdir),
+                                             *RUN]), script.RESUME_OPTIONS)
+    check_checkpoint_matches(image / "checkpoint-9", "train_binary_flow", options, 1)  # its own run: accepted
+    with pytest.raises(ValueError, match="was written by train_sequence, not train_binary_flow"):
+        check_checkpoint_matches(sequence / "checkpoint-9", "train_binary_flow", options, 1)
+    with pytest.raises(ValueError, match="--loss_space 'x' vs 'v'"):
+        check_checkpoint_matches(image / "checkpoint-9", "train_binary_flow", {**options, "loss_space": "v"}, 1)
+    with pytest.raises(ValueError, match="was written by 1 process.es., this run has 2"):
+        check_checkpoint_matches(image / "checkpoint-9", "train_binary_flow", options, 2)
     (tmp_path / "checkpoint-5").mkdir()
-    for message, (checkpoint, processes, *extra) in cases.items():
-        output_dir = tmp_path / "out"
-        proc = train("train_binary_flow", output_dir, *options, *extra, "--resume_from_checkpoint", str(checkpoint),
-                     processes=processes, expect_failure=True)
-        assert message in proc.stderr
-        assert not output_dir.exists(), "nothing is written before the error"
+    with pytest.raises(ValueError, match="is not a complete checkpoint"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-5"), tmp_path)
+    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-6"), tmp_path)
+    # Through the script: refused before anything is written.
+    output_dir = tmp_path / "out"
+    proc = train("train_binary_flow", output_dir, *small_run_options("train_binary_flow", workdir), *RUN,
+                 "--loss_space", "v", "--resume_from_checkpoint", str(image / "checkpoint-9"), expect_failure=True)
+    assert "--loss_space 'x' vs 'v'" in proc.stderr and not output_dir.exists()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +196,9 @@ def test_a_pretrained_model_of_another_size_is_refused(trained, tmp_path, tiny_c
     base, _ = trained
     message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(base), "--resolution", "32")
     assert "works on 1 channel(s) at 28px" in message
+    message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(base), "--class_conditional",
+                      "--prediction_type", "logits")
+    assert "The pretrained model predicts 'sample' at bit_scale 1.0: pass --prediction_type sample" in message
 
 
 def test_a_fresh_run_never_overwrites_checkpoints(trained, tmp_path, tiny_config):
