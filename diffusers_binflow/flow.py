@@ -56,6 +56,16 @@ def interpolate(clean: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor
     return (1 - sigma) * clean + sigma * noise
 
 
+def renoise(sample: torch.Tensor, noise: torch.Tensor, sigma, sigma_up) -> torch.Tensor:
+    """Carry a path point at `sigma` to the path at the noisier `sigma_up` with fresh `noise` (the path's forward
+    kernel): ``a * sample + sqrt(sigma_up**2 - (a * sigma)**2) * noise`` with ``a = (1 - sigma_up) / (1 - sigma)``,
+    which scales the clean component to ``1 - sigma_up`` and tops the noise up to a standard deviation of
+    `sigma_up`."""
+    sigma, sigma_up = expand_sigma(sigma, sample), expand_sigma(sigma_up, sample)
+    scale = (1 - sigma_up) / (1 - sigma)
+    return scale * sample + (sigma_up**2 - (scale * sigma) ** 2).clamp(min=0).sqrt() * noise
+
+
 def predict_x0(
     model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
 ) -> torch.Tensor:

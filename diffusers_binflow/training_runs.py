@@ -172,6 +172,14 @@ class Run:
     repo_id: str | None  # the Hub repo to publish to (main process, --push_to_hub)
     saved_step: int | None = None  # the step of the newest checkpoint this run holds
 
+    def load_checkpoint(self) -> int:
+        """Load the state of the checkpoint to resume from, if any (after `accelerator.prepare`); returns the
+        optimiser steps already taken."""
+        if self.checkpoint is not None:
+            self.accelerator.print(f"Resuming from {self.checkpoint}")
+            self.accelerator.load_state(str(self.checkpoint))
+        return self.global_step
+
     def save_checkpoint(self, model, global_step: int):
         if global_step == self.saved_step:
             return  # e.g. the final save of a resumed run that had nothing left to train
@@ -273,6 +281,19 @@ def prepare_model(model, args):
 def build_optimizer(model, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                              weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+
+
+def prepare_epochs(accelerator, model, loader, args):
+    """Prepare an epoch-based run: the loader first (its length becomes this process's share of the batches), then
+    the optimiser and an LR schedule over the run's optimiser steps. Returns (model, optimizer, loader,
+    lr_scheduler, steps_per_epoch, max_train_steps)."""
+    loader = accelerator.prepare(loader)
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    optimizer = build_optimizer(model, args)
+    lr_scheduler = build_lr_scheduler(args, optimizer, accelerator.num_processes, max_train_steps)
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    return model, optimizer, loader, lr_scheduler, steps_per_epoch, max_train_steps
 
 
 def build_lr_scheduler(args, optimizer, num_processes: int, max_train_steps: int):

@@ -1,3 +1,17 @@
+from diffusers.callbacks import PipelineCallback
+
+
+class StopAfterFirstStep(PipelineCallback):
+    """A diffusers callback object that interrupts the pipeline at its first step and counts its calls."""
+
+    tensor_inputs = ["latents"]
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+        pipeline._interrupt = True
+        self.steps = getattr(self, "steps", 0) + 1
+        return callback_kwargs
+
+
 def run_sampler(scheduler, model, noise, **step_kwargs):
     """Integrate with `scheduler` from `noise`, calling ``model(sample, sigma)`` at each step."""
     sample = noise

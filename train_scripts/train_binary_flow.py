@@ -45,11 +45,10 @@ from diffusers_binflow.training_runs import (
     EpochOrder,
     add_optimisation_arguments,
     add_run_arguments,
-    build_lr_scheduler,
-    build_optimizer,
     build_pipeline,
     check_arguments,
     micro_batch_generator,
+    prepare_epochs,
     prepare_model,
     push_or_exit,
     start_run,
@@ -170,12 +169,8 @@ def main(args):
                    power=args.ema_power, model_cls=UNet2DModel, model_config=unet.config) if args.use_ema else None
     register_checkpoint_hooks(accelerator, ema, UNet2DModel, "unet")
 
-    loader = accelerator.prepare(loader)  # first: its length is now this process's share of the batches
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    optimizer = build_optimizer(unet, args)
-    lr_scheduler = build_lr_scheduler(args, optimizer, accelerator.num_processes, max_train_steps)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    unet, optimizer, loader, lr_scheduler, steps_per_epoch, max_train_steps = prepare_epochs(accelerator, unet,
+                                                                                            loader, args)
     if ema is not None:
         ema.to(accelerator.device)
 
@@ -183,10 +178,7 @@ def main(args):
     noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
                                                solver=args.solver)
 
-    global_step, last_loss = run.global_step, None
-    if run.checkpoint is not None:
-        accelerator.print(f"Resuming from {run.checkpoint}")
-        accelerator.load_state(str(run.checkpoint))
+    global_step, last_loss = run.load_checkpoint(), None
     first_epoch, skip_batches = resume_position(global_step, steps_per_epoch, args.gradient_accumulation_steps)
 
     logger.info(f"{len(dataset)} images of {channels}x{height}x{width}, {num_classes or 'no'} classes; "

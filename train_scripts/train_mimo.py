@@ -150,10 +150,7 @@ def main(args):
     noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
                                                solver=args.solver)
 
-    global_step, last_loss = run.global_step, None
-    if run.checkpoint is not None:
-        accelerator.print(f"Resuming from {run.checkpoint}")
-        accelerator.load_state(str(run.checkpoint))
+    global_step, last_loss = run.load_checkpoint(), None
 
     num_bits = accelerator.unwrap_model(model).num_bits
     logger.info(f"{args.num_tx}x{args.num_rx} {args.modulation}, {num_bits} bits per channel use; "

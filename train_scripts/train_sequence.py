@@ -51,11 +51,10 @@ from diffusers_binflow.training_runs import (
     EpochOrder,
     add_optimisation_arguments,
     add_run_arguments,
-    build_lr_scheduler,
-    build_optimizer,
     build_pipeline,
     check_arguments,
     micro_batch_generator,
+    prepare_epochs,
     prepare_model,
     push_or_exit,
     start_run,
@@ -185,21 +184,14 @@ def main(args):
                    model_config=denoiser.config) if args.use_ema else None
     register_checkpoint_hooks(accelerator, ema, BitSequenceTransformer, "denoiser")
 
-    loader = accelerator.prepare(loader)  # first: its length is now this process's share of the batches
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    optimizer = build_optimizer(denoiser, args)
-    lr_scheduler = build_lr_scheduler(args, optimizer, accelerator.num_processes, max_train_steps)
-    denoiser, optimizer, lr_scheduler = accelerator.prepare(denoiser, optimizer, lr_scheduler)
+    denoiser, optimizer, loader, lr_scheduler, steps_per_epoch, max_train_steps = prepare_epochs(accelerator, denoiser,
+                                                                                            loader, args)
     if ema is not None:
         ema.to(accelerator.device)
 
     loss_config = FlowLossConfig.from_args(args)
 
-    global_step, last_loss = run.global_step, None
-    if run.checkpoint is not None:
-        accelerator.print(f"Resuming from {run.checkpoint}")
-        accelerator.load_state(str(run.checkpoint))
+    global_step, last_loss = run.load_checkpoint(), None
     first_epoch, skip_batches = resume_position(global_step, steps_per_epoch, args.gradient_accumulation_steps)
 
     logger.info(f"{len(token_ids)} sequences of {max_length} tokens, {len(tokenizer)} token ids in "

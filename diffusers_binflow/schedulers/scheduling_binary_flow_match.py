@@ -1,5 +1,7 @@
 """ODE sampler for binary flow matching (arXiv 2602.10420), in the diffusers scheduler API."""
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +11,14 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
-from ..flow import check_finite_estimate, check_prediction_type, interpolate, predict_velocity, predict_x0
+from ..flow import (
+    check_finite_estimate,
+    check_prediction_type,
+    interpolate,
+    predict_velocity,
+    predict_x0,
+    renoise,
+)
 from ..utils import check_choice, check_positive
 
 
@@ -64,6 +73,17 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             Replace the ODE step by the ancestral one of `FlowMatchEulerDiscreteScheduler`: jump to the path point
             ``(1 - sigma_next) * x_hat + sigma_next * fresh_noise``. Euler only. It mixes better when part of
             the sample is held fixed (completion).
+        s_churn (`float`, defaults to 0.0):
+            A stochastic corrector (EDM's "churn", Euler only): before the model is evaluated at a grid sigma inside
+            [`s_tmin`, `s_tmax`], the state is carried along the path (`renoise`) to the noisier
+            ``sigma_hat = sigma + gamma * sigma * (1 - sigma)`` with fresh noise, ``gamma = min(s_churn / N,
+            sqrt(2) - 1)`` for N steps, so the total noise injected does not grow with N. The model then sees
+            ``sigma_hat`` (the `timesteps` are the evaluation points) and the Euler step goes from ``sigma_hat`` to
+            the next grid sigma. 0 is the deterministic ODE sampler.
+        s_tmin, s_tmax (`float`, defaults to 0.05 and 0.7):
+            The sigma window of the corrector.
+        s_noise (`float`, defaults to 1.0):
+            Scale of the fresh noise (EDM's S_noise; 1 stays exactly on the path's marginals).
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler"]
@@ -79,6 +99,10 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         final_step: str = "threshold",
         shift: float = 1.0,
         stochastic_sampling: bool = False,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.05,
+        s_tmax: float = 0.7,
+        s_noise: float = 1.0,
     ):
         self.register_to_config(prediction_type=check_prediction_type(prediction_type))
         check_choice("solver", solver, SOLVERS)
@@ -89,10 +113,18 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         check_positive("shift", shift)
         if stochastic_sampling and solver != "euler":
             raise ValueError("stochastic_sampling replaces the ODE step and works with solver='euler' only.")
+        if not (isinstance(s_churn, numbers.Real) and math.isfinite(s_churn) and s_churn >= 0):
+            raise ValueError(f"`s_churn` must be a finite number >= 0, got {s_churn!r}.")
+        if not (isinstance(s_tmin, numbers.Real) and isinstance(s_tmax, numbers.Real) and 0 <= s_tmin <= s_tmax <= 1):
+            raise ValueError(f"The corrector's window needs 0 <= s_tmin <= s_tmax <= 1, got {s_tmin!r}, {s_tmax!r}.")
+        check_positive("s_noise", s_noise)
+        if s_churn > 0 and (solver != "euler" or stochastic_sampling):
+            raise ValueError("The corrector (s_churn > 0) works with solver='euler' and stochastic_sampling=False.")
         self.order = 2 if solver == "heun" else 1
 
         # The training grid, as FlowMatchEulerDiscreteScheduler exposes it; sampling needs `set_timesteps`.
         self.sigmas = self._shift(torch.linspace(1.0, 1.0 / num_train_timesteps, num_train_timesteps))
+        self.grid_sigmas = self.sigmas  # where each step lands: `sigmas` differ from it only where churn applies
         self.timesteps = self.sigmas * num_train_timesteps
         self.num_inference_steps = None
         self._step_index = None
@@ -173,11 +205,20 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             # Heun evaluates the model twice at each interior sigma (predictor, then corrector); the last step
             # into sigma = 0 is an Euler step, which there returns x_hat itself.
             sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
-        self.sigmas = sigmas.to(device=device, dtype=torch.float32)
+        self.grid_sigmas = sigmas.to(device=device, dtype=torch.float32)
+        self.sigmas = self._churned(self.grid_sigmas)
         self.timesteps = self.sigmas[:-1] * self.config.num_train_timesteps
         self._step_index = None
         self._begin_index = None
         self._heun_first_stage = None
+
+    def _churned(self, grid: torch.Tensor) -> torch.Tensor:
+        """The sigmas the model is evaluated at: the grid's, raised by the corrector inside its window (never the
+        first, pure-noise one or the final 0)."""
+        gamma = min(self.config.s_churn / self.num_inference_steps, math.sqrt(2) - 1)
+        inside = (grid >= self.config.s_tmin) & (grid <= self.config.s_tmax)
+        inside[0] = inside[-1] = False
+        return torch.where(inside, grid + gamma * grid * (1 - grid), grid)
 
     @staticmethod
     def _check_custom_sigmas(sigmas, num_inference_steps: int | None) -> torch.Tensor:
@@ -245,6 +286,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         # Computed in float32 like diffusers' flow-matching schedulers, then cast back to the caller's dtype.
         output, state = model_output.float(), sample.float()
         sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+        landing = self.grid_sigmas[self.step_index + 1]  # below sigma_next where the corrector raises it
         x0 = predict_x0(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
         check_finite_estimate(x0, self.step_index, sigma)
 
@@ -256,9 +298,12 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             prev_sample = interpolate(x0, randn_tensor(x0.shape, generator=generator, device=x0.device), sigma_next)
         else:
             velocity = predict_velocity(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
-            prev_sample = state + (sigma_next - sigma) * velocity
+            prev_sample = state + (landing - sigma) * velocity
             if self.config.solver == "heun":
-                self._heun_first_stage = (state, velocity, sigma_next - sigma)
+                self._heun_first_stage = (state, velocity, landing - sigma)
+            elif sigma_next > landing:
+                noise = self.config.s_noise * randn_tensor(state.shape, generator=generator, device=state.device)
+                prev_sample = renoise(prev_sample, noise, landing, sigma_next)
 
         self._step_index += 1
         prev_sample, x0 = prev_sample.to(model_output.dtype), x0.to(model_output.dtype)

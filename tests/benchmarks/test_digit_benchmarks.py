@@ -145,10 +145,11 @@ def test_sampler_variants_smoke(tmp_path):
     stdout = run_smoke("sampler_variants.py", tmp_path, "--cache_dir", str(tmp_path / "cache"))
     result = json.loads((tmp_path / "sampler_variants.json").read_text())
     rows = {row["variant"]: row for row in result["rows"]}
-    assert len(rows) == 3 and rows["Heun"]["steps"] == 2 and rows["Heun"]["nfe"] == 3  # 2 Heun steps = 3 calls
+    assert len(rows) == 4 and rows["Heun"]["steps"] == 2 and rows["Heun"]["nfe"] == 3  # 2 Heun steps = 3 calls
     assert all(row["nfe"] == 3 and row["fd"]["mean"] > 0 and len(row["per_seed"]) == 1 for row in rows.values())
     assert all(math.isfinite(x) for x in numbers(result))
     assert "| stochastic (ancestral) Euler | 3 |" in (tmp_path / "sampler_variants.md").read_text()
+    assert rows["corrector, s_churn 4"]["speckle_rate"]["mean"] >= 0
     assert "FD" in stdout
 
 

@@ -12,6 +12,7 @@ from diffusers_binflow.mimo.model import MIMOFlowTransformer
 from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
 from diffusers_binflow.schedulers import BinaryFlowMatchScheduler
 from tests.hub_client import run_client
+from tests.helpers import StopAfterFirstStep
 
 
 def tiny_pipeline(modulation="qpsk", prediction_type="logits", num_tx=2, num_rx=2, seed=0):
@@ -204,16 +205,6 @@ def test_callback_sees_each_step_and_can_replace_the_latents():
 
 
 def test_pipeline_callback_objects_and_interrupt():
-    from diffusers.callbacks import PipelineCallback
-
-    class StopAfterFirstStep(PipelineCallback):
-        tensor_inputs = ["latents"]
-
-        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
-            pipeline._interrupt = True
-            self.steps = getattr(self, "steps", 0) + 1
-            return callback_kwargs
-
     pipe, batch = tiny_pipeline(), channel()
     calls = []
     pipe.model.register_forward_hook(lambda *args: calls.append(1))

@@ -12,11 +12,11 @@ from diffusers import (
     FlowMatchHeunDiscreteScheduler,
     UNet2DModel,
 )
-from diffusers.callbacks import PipelineCallback
 
 from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
 from diffusers_binflow.flow import predict_x0
 from tests.pipelines.oracle_denoiser import OracleDenoiser
+from tests.helpers import StopAfterFirstStep
 
 
 def tiny_unet(num_class_embeds=None, seed=0):
@@ -160,14 +160,6 @@ def test_callback_sees_each_step_and_can_replace_the_latents():
 
 
 def test_pipeline_callback_objects_and_interrupt():
-    class StopAfterFirstStep(PipelineCallback):
-        tensor_inputs = ["latents"]
-
-        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
-            pipeline._interrupt = True
-            self.steps = getattr(self, "steps", 0) + 1
-            return callback_kwargs
-
     pipe = tiny_pipeline(final_step="none")
     callback = StopAfterFirstStep()
     latents = pipe(num_inference_steps=4, output_type="latent", callback_on_step_end=callback,

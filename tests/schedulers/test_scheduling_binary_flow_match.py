@@ -67,6 +67,46 @@ def test_set_timesteps_moves_the_grid_to_the_device():
 # ------------------------------------------------------------------------------------------- the step
 
 
+def test_the_corrector_raises_only_the_interior_sigmas_of_its_window_by_an_amount_scaled_with_the_steps():
+    grids = {}
+    for steps in (8, 16):
+        scheduler = BinaryFlowMatchScheduler(s_churn=1.6, s_tmin=0.2, s_tmax=0.7)
+        scheduler.set_timesteps(steps)
+        grid, raised = scheduler.grid_sigmas, scheduler.sigmas
+        inside = (grid >= 0.2) & (grid <= 0.7)
+        gamma = 1.6 / steps
+        assert torch.allclose(raised[inside], grid[inside] + gamma * grid[inside] * (1 - grid[inside]))
+        assert torch.equal(raised[~inside], grid[~inside]) and raised[0] == 1 and raised[-1] == 0
+        assert torch.allclose(scheduler.timesteps, raised[:-1] * 1000)  # the model sees the raised sigma
+        grids[steps] = (raised[inside] - grid[inside]).sum().item()
+    # gamma = s_churn / N: twice the steps, each raised by half as much (about the same noise in total).
+    assert grids[16] == pytest.approx(grids[8], rel=0.15)
+
+
+def test_renoise_carries_a_path_point_to_the_noisier_path_exactly():
+    from diffusers_binflow.flow import interpolate, renoise
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.sign(torch.randn(400_000, generator=g))
+    carried = renoise(interpolate(clean, torch.randn(clean.shape, generator=g), 0.3),
+                      torch.randn(clean.shape, generator=g), 0.3, 0.45)
+    residual = carried - 0.55 * clean  # what is left must be N(0, 0.45^2)
+    assert abs(residual.mean()) < 3e-3 and abs(residual.std() - 0.45) < 3e-3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"s_churn": -1.0}, "`s_churn` must be a finite number >= 0"),
+    ({"s_churn": float("nan")}, "`s_churn` must be a finite number >= 0"),
+    ({"s_churn": 1.0, "s_tmin": 0.8, "s_tmax": 0.2}, "0 <= s_tmin <= s_tmax <= 1"),
+    ({"s_churn": 1.0, "s_noise": 0.0}, "`s_noise` must be a finite positive number"),
+    ({"s_churn": 1.0, "solver": "heun"}, "works with solver='euler'"),
+    ({"s_churn": 1.0, "stochastic_sampling": True}, "stochastic_sampling=False"),
+])
+def test_bad_corrector_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        BinaryFlowMatchScheduler(**kwargs)
+
+
 def test_step_into_sigma_zero_returns_the_prediction_itself():
     scheduler = BinaryFlowMatchScheduler(final_step="none")
     scheduler.set_timesteps(2)
@@ -281,6 +321,21 @@ def test_heun_oracle_also_reproduces_the_prototype_frequencies():
     share_of_second = (bits == prototypes[1]).all(-1).float().mean()
     assert (bits[:, None] == prototypes[None]).all(-1).any(1).all()
     assert abs(share_of_second - 0.75) < 4 * (0.75 * 0.25 / 8000) ** 0.5
+
+
+def test_the_corrector_keeps_the_prototype_frequencies_of_the_exact_posterior():
+    """Churn re-noises along the path; with the exact posterior mean the samples keep the data distribution."""
+    g = torch.Generator().manual_seed(3)
+    prototypes = (torch.rand(4, 16, generator=g) < 0.5).float()
+    weights = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    oracle = ProductBernoulliMixture(weights, prototypes).posterior_mean
+    scheduler = BinaryFlowMatchScheduler(s_churn=8.0, s_tmin=0.05, s_tmax=0.9)
+    scheduler.set_timesteps(32)
+    bits = (run_sampler(scheduler, oracle, dummy_sample(shape=(20000, 16)), generator=g) + 1) / 2
+    matches = (bits[:, None, :] == prototypes[None]).all(-1)
+    assert matches.any(1).all(), "every output must be one of the prototypes"
+    frequencies = matches.float().mean(0)
+    assert ((frequencies - weights).abs() < 4 * (weights * (1 - weights) / 20000).sqrt()).all(), frequencies
 
 
 # ------------------------------------------------------------------------------- the diffusers API

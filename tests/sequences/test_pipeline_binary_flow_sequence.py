@@ -4,7 +4,6 @@ import textwrap
 
 import pytest
 import torch
-from diffusers.callbacks import PipelineCallback
 
 from diffusers_binflow import BinaryFlowMatchScheduler
 from diffusers_binflow.bits import bits_to_signal
@@ -15,6 +14,7 @@ from diffusers_binflow.sequences import (
     train_tokenizer,
 )
 from tests.hub_client import run_client
+from tests.helpers import StopAfterFirstStep
 
 TASK = ArithmeticStatements(max_operand=9)
 
@@ -146,14 +146,6 @@ def test_callback_sees_each_step_and_can_replace_the_latents(pipe):
 
 
 def test_pipeline_callback_objects_and_interrupt(pipe):
-    class StopAfterFirstStep(PipelineCallback):
-        tensor_inputs = ["latents"]
-
-        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
-            pipeline._interrupt = True
-            self.steps = getattr(self, "steps", 0) + 1
-            return callback_kwargs
-
     calls = []
     hook = pipe.denoiser.register_forward_hook(lambda *args: calls.append(1))
     try:

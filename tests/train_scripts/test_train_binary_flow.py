@@ -114,11 +114,15 @@ def test_push_to_hub_publishes_the_pipeline_and_card_but_no_checkpoints(session_
                                                                           tiny_config):
     output_dir = tmp_path / "published"
     token = "hf_publish_token_not_in_files"
-    train(output_dir, tiny_config, "--push_to_hub", "--hub_model_id", "tester/digits-tiny", "--hub_token", token)
+    train(output_dir, tiny_config, "--push_to_hub", "--hub_model_id", "tester/digits-tiny", "--hub_token", token,
+          "--logging_dir", "tb_logs", "--report_to", "tensorboard")
+    assert (output_dir / "tb_logs" / "train_log.jsonl").is_file() and not (output_dir / "logs").exists()
+    assert list((output_dir / "tb_logs").rglob("events.out.tfevents.*")), "TensorBoard writes into --logging_dir"
     files = session_hub.files("tester/digits-tiny")
     assert {"model_index.json", "README.md", "sample_grid.png", "pipeline_binary_flow.py",
             "unet/diffusion_pytorch_model.safetensors", "training_summary.json"} <= set(files)
-    assert not [p for p in files if p.startswith(("checkpoint-", "logs/", "samples/"))]
+    assert not [p for p in files if p.startswith(("checkpoint-", "tb_logs/", "samples/"))]
+    assert str(tmp_path) not in files["training_config.json"].decode(), "no local paths are published"
     assert all(token.encode() not in content for content in files.values())
     assert all(token.encode() not in p.read_bytes() for p in output_dir.rglob("*") if p.is_file())
 
@@ -190,6 +194,19 @@ def test_unknown_option_values_are_refused(tmp_path, tiny_config):
     assert "invalid choice" in refused(tmp_path, tiny_config, "--loss_space", "eps")
     assert "at least 200" in refused(tmp_path, tiny_config, "--metrics_num_samples", "50")
     assert "needs --prediction_type logits" in refused(tmp_path, tiny_config, "--loss_type", "bce")
+
+
+def test_a_local_datasets_folder_trains_with_its_cache_dir_and_the_card_names_no_local_dataset(tmp_path,
+                                                                                            tiny_config):
+    """`--dataset_name` with a local image folder goes through `datasets` (imagefolder: labels from subfolders);
+    `--cache_dir` is where `datasets` caches it."""
+    data = binary_shapes_folder(tmp_path / "shapes")
+    output_dir = tmp_path / "from-datasets"
+    train(output_dir, tiny_config, "--dataset_name", str(data), "--label_column", "label", "--class_conditional",
+          "--cache_dir", str(tmp_path / "hf-cache"), "--max_train_steps", "2")
+    assert any((tmp_path / "hf-cache").rglob("*.arrow")), "datasets wrote its cache into --cache_dir"
+    metadata = card_metadata(output_dir / "README.md")
+    assert "datasets" not in metadata and "pipeline_tag" not in metadata  # a local folder is no Hub id
 
 
 def test_a_pretrained_model_of_another_size_is_refused(trained, tmp_path, tiny_config):
