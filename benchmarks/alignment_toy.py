@@ -152,15 +152,17 @@ def gaussian_flow_loss(model, clean: torch.Tensor, config: FlowLossConfig, gener
 
 @torch.no_grad()
 def generate(model, prediction_type: str, dataset: str, n: int, seed: int, dim: int = DIM,
-             steps: int = SAMPLING_STEPS) -> torch.Tensor:
-    """`n` samples (N, dim) by Euler from sigma = 1: +-1 for "bpsk" (threshold), the final signal for "gaussian"."""
+             steps: int = SAMPLING_STEPS, **scheduler_options) -> torch.Tensor:
+    """`n` samples (N, dim) by Euler from sigma = 1: +-1 for "bpsk" (threshold), the final signal for "gaussian".
+    `scheduler_options` go to `BinaryFlowMatchScheduler` (e.g. the corrector's ``s_churn``)."""
     final_step = "threshold" if dataset == "bpsk" else "none"
     scheduler = BinaryFlowMatchScheduler(prediction_type=prediction_type, solver="euler", final_step=final_step,
-                                         num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+                                         num_train_timesteps=NUM_TRAIN_TIMESTEPS, **scheduler_options)
     scheduler.set_timesteps(steps)
-    sample = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(n, dim, generator=generator)
     for t in scheduler.timesteps:
-        sample = scheduler.step(model(sample, t, return_dict=False)[0], t, sample).prev_sample
+        sample = scheduler.step(model(sample, t, return_dict=False)[0], t, sample, generator=generator).prev_sample
     return sample
 
 

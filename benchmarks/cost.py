@@ -78,10 +78,14 @@ def training_steps(model, data, batch_size: int, generator: torch.Generator):
 
 def sampling_runs(model, batch: int, nfe: int):
     """(ours, plain, scheduler timer): closures that each generate `batch` binary samples with `nfe` steps."""
-    scheduler = BinaryFlowMatchScheduler()
-    scheduler_timer = Timer(scheduler.step)
-    scheduler.step = scheduler_timer
-    pipeline = BinaryFlowPipeline(unet=model, scheduler=scheduler)
+    scheduler_timer = Timer(BinaryFlowMatchScheduler.step)
+
+    class TimedScheduler(BinaryFlowMatchScheduler):
+        # On the class: every call of the pipeline steps its own copy of the scheduler.
+        def step(self, *args, **kwargs):
+            return scheduler_timer(self, *args, **kwargs)
+
+    pipeline = BinaryFlowPipeline(unet=model, scheduler=TimedScheduler())
     pipeline.set_progress_bar_config(disable=True)
     plain_scheduler = FlowMatchEulerDiscreteScheduler()
 

@@ -28,7 +28,7 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     "Heun": {"solver": "heun"},
     "stochastic (ancestral) Euler": {"stochastic_sampling": True},
     # The stochastic corrector (EDM's churn) in the window sigma in [0.05, 0.7]; gamma = s_churn / N per step.
-    **{f"corrector, s_churn {c:g}": {"s_churn": float(c), "s_tmin": 0.05, "s_tmax": 0.7} for c in (2, 4, 8)},
+    **{f"corrector, s_churn {c:g}": {"s_churn": float(c), "s_tmin": 0.05, "s_tmax": 0.7} for c in (2, 4, 8, 16)},
 }
 DEFAULT_VARIANTS = ["Euler (default)", "Heun", "stochastic (ancestral) Euler", "corrector, s_churn 4"]
 SCORES = ("fd", "precision", "recall", "speckle_rate")

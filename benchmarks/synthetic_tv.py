@@ -1,13 +1,15 @@
 """Exact sample quality on enumerable 16-bit distributions: total variation against the finite-sample floor.
 
-    python benchmarks/synthetic_tv.py [--steps 3000] [--batch_size 512] [--seeds 3] [--nfe 16]
+    python benchmarks/synthetic_tv.py [--steps 3000] [--batch_size 512] [--seeds 3] [--nfes 16]
+    python benchmarks/synthetic_tv.py --distributions "random [16, 8] code" --nfes 16 64 --s_churn 0 4
     python benchmarks/synthetic_tv.py --smoke --output_dir /tmp/tv      # tiny sizes, seconds (the test runs this)
 
 Distributions (`diffusers_binflow.synthetic`, all 2^16 probabilities by enumeration): a mixture of 8 noisy
 prototypes (product Bernoullis with bit probabilities 0.1 / 0.9), the 4x4 periodic Ising model at temperatures
 1.5 (ordered), 2.269 (critical) and 3.5 (disordered), and uniform codewords of a random [16, 8] linear code.
 Each recipe trains the toy's 2x256 gated MLP (`alignment_toy.GatedMLP`) with Adam (cosine decay), then samples N
-bits with `BinaryFlowMatchScheduler` (Euler, --nfe steps, threshold). N is the larger of --num_samples and the metrics'
+bits with `BinaryFlowMatchScheduler` (Euler, each of --nfes steps, threshold; with each --s_churn, the stochastic
+corrector in sigma in [0.05, 0.7], 0 = none). N is the larger of --num_samples and the metrics'
 `minimum_samples` (10 samples per effective state). Reported: TV and KL(empirical || exact) next to their floors
 (the same statistic for N exact samples, mean of 5 draws) and TV / floor; for the code, validity rate and
 codeword coverage too.
@@ -69,6 +71,11 @@ def train(distribution, config: FlowLossConfig, steps: int, batch_size: int, see
     return model.eval()
 
 
+def corrector(churn: float) -> dict:
+    """Scheduler options of the stochastic corrector at strength `churn` (none at 0)."""
+    return {"s_churn": churn, "s_tmin": 0.05, "s_tmax": 0.7} if churn else {}
+
+
 def score(distribution, bits: torch.Tensor, min_samples: int | None) -> dict:
     probabilities = distribution.probabilities()
     scores = {"tv": total_variation(bits, probabilities, min_samples=min_samples),
@@ -86,15 +93,18 @@ def markdown(result: dict) -> str:
         f"Machine: {result['machine']}; wall time {result['wall_seconds']:.0f} s.  ",
         f"2x256 gated MLP, {cfg['steps']} Adam steps (lr 1e-3, cosine decay) x batch {cfg['batch_size']}, "
         f"{cfg['seeds']} seeds; "
-        f"Euler, NFE {cfg['nfe']}. Floors: the same statistic for N exact samples (mean of 5 draws).",
+        "Euler (s_churn > 0: with the stochastic corrector in sigma in [0.05, 0.7]). Floors: the same statistic for "
+        "N exact samples (mean of 5 draws).",
         "",
-        "| distribution | N | recipe | TV | TV floor | TV / floor | KL | KL floor | validity | coverage (floor) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| distribution | N | recipe | NFE | s_churn | TV | TV floor | TV / floor | KL | KL floor | validity | "
+        "coverage (floor) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         code = "validity" in row["scores"]
         lines.append(
-            f"| {row['distribution']} | {row['num_samples']} | {row['recipe']} | {fmt(row['scores']['tv'], 3)} | "
+            f"| {row['distribution']} | {row['num_samples']} | {row['recipe']} | {row['nfe']} | {row['s_churn']:g} | "
+            f"{fmt(row['scores']['tv'], 3)} | "
             f"{row['floor']['tv']:.3f} | {row['tv_over_floor']['mean']:.2f} | {fmt(row['scores']['kl'], 3)} | "
             f"{row['floor']['kl']:.3f} | {fmt(row['scores']['validity'], 3) if code else ''} | "
             + (f"{fmt(row['scores']['coverage'], 3)} ({row['floor']['coverage']:.3f})" if code else "") + " |")
@@ -106,7 +116,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--nfe", type=int, default=16)
+    parser.add_argument("--nfes", type=int, nargs="+", default=[16])
+    parser.add_argument("--s_churn", type=float, nargs="+", default=[0.0],
+                        help="Stochastic corrector strengths (0 = the deterministic Euler sampler).")
+    parser.add_argument("--distributions", nargs="+", choices=list(distributions()), default=list(distributions()))
     parser.add_argument("--num_samples", type=int, default=20_000)
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
@@ -119,6 +132,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     start, rows = time.perf_counter(), []
     for name, distribution in distributions().items():
+        if name not in args.distributions:
+            continue
         n = args.num_samples if args.smoke else max(args.num_samples, minimum_samples(distribution.probabilities()))
         floor_generator = torch.Generator().manual_seed(123)
         floor = {"tv": finite_sample_floor(distribution, n, "total_variation", generator=floor_generator,
@@ -130,21 +145,28 @@ def main(argv=None):
                 distribution, n, lambda bits, _: codeword_coverage(bits, distribution, min_samples=min_samples),
                 generator=floor_generator)
         for recipe in args.recipes:
-            config, per_seed = RECIPES[recipe], []
-            for seed in range(args.seeds):
-                model = train(distribution, config, args.steps, args.batch_size, seed)
-                with torch.no_grad():
-                    signal = generate(model, config.prediction_type, "bpsk", n, seed=1000 + seed, dim=DIM,
-                                      steps=args.nfe)
-                per_seed.append(score(distribution, (signal > 0).float(), min_samples))
-            scores = {k: mean_std([s[k] for s in per_seed]) for k in per_seed[0]}
-            rows.append({"distribution": name, "recipe": recipe, "num_samples": n, "floor": floor, "scores": scores,
-                         "tv_over_floor": mean_std([s["tv"] / floor["tv"] for s in per_seed]), "per_seed": per_seed})
-            print(f"[{time.perf_counter() - start:.0f}s] {name} | {recipe}: TV {scores['tv']['mean']:.3f} "
-                  f"(floor {floor['tv']:.3f})", flush=True)
+            config = RECIPES[recipe]
+            models = [train(distribution, config, args.steps, args.batch_size, seed) for seed in range(args.seeds)]
+            for nfe in args.nfes:
+                for churn in args.s_churn:
+                    per_seed = []
+                    for seed, model in enumerate(models):
+                        with torch.no_grad():
+                            signal = generate(model, config.prediction_type, "bpsk", n, seed=1000 + seed, dim=DIM,
+                                              steps=nfe, **corrector(churn))
+                        per_seed.append(score(distribution, (signal > 0).float(), min_samples))
+                    scores = {k: mean_std([s[k] for s in per_seed]) for k in per_seed[0]}
+                    rows.append({"distribution": name, "recipe": recipe, "nfe": nfe, "s_churn": churn,
+                                 "num_samples": n, "floor": floor, "scores": scores,
+                                 "tv_over_floor": mean_std([s["tv"] / floor["tv"] for s in per_seed]),
+                                 "per_seed": per_seed})
+                    print(f"[{time.perf_counter() - start:.0f}s] {name} | {recipe} | NFE {nfe} | s_churn {churn:g}: "
+                          f"TV {scores['tv']['mean']:.3f} (floor {floor['tv']:.3f})"
+                          + (f", validity {scores['validity']['mean']:.3f}" if "validity" in scores else ""),
+                          flush=True)
     result = {"command": command_line(argv), "machine": machine(), "wall_seconds": time.perf_counter() - start,
-              "config": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "nfe": args.nfe,
-                         "num_samples": args.num_samples, "smoke": args.smoke},
+              "config": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "nfes": args.nfes,
+                         "s_churn": args.s_churn, "num_samples": args.num_samples, "smoke": args.smoke},
               "rows": rows}
     table = markdown(result)
     write_results(args.output_dir, "synthetic_tv", result, table)

@@ -40,6 +40,8 @@ def test_the_distribution_carries_the_apache_license_and_project_urls(tmp_path):
     urls = dict(entry.split(", ", 1) for entry in metadata.get_all("Project-URL"))
     assert set(urls) == {"Homepage", "Source", "Issues"}
     assert all(url.startswith("https://github.com/") for url in urls.values())
+    sources = next(tmp_path.glob("*.egg-info/SOURCES.txt")).read_text().splitlines()
+    assert {f"diffusers_binflow/model_cards/{kind}.md" for kind in ("image", "sequence", "mimo")} <= set(sources)
     license_text = (REPO / "LICENSE").read_text()
     assert license_text.startswith("Copyright 2026 The diffusers-binflow authors\n")
     assert "Apache License\n                           Version 2.0, January 2004" in license_text

@@ -14,14 +14,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_tv.py"
 
 
 def test_synthetic_tv_smoke(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output_dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--s_churn", "0", "4", "--output_dir", str(tmp_path)],
                           check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "synthetic_tv.json").read_text())
     import synthetic_tv
 
     names = list(synthetic_tv.distributions())
-    assert [row["distribution"] for row in result["rows"]] == names
+    assert [(row["distribution"], row["s_churn"]) for row in result["rows"]] == [(n, c) for n in names for c in (0, 4)]
     for row in result["rows"]:
         assert row["num_samples"] == 300 and len(row["per_seed"]) == 1
         assert 0 <= row["scores"]["tv"]["mean"] <= 1 and 0 < row["floor"]["tv"] <= 1
@@ -32,4 +32,4 @@ def test_synthetic_tv_smoke(tmp_path):
     expected = finite_sample_floor(mixture, 300, generator=torch.Generator().manual_seed(123), min_samples=100)
     assert math.isclose(result["rows"][0]["floor"]["tv"], expected)
     table = (tmp_path / "synthetic_tv.md").read_text()
-    assert table.count("| default (x-MSE, logit-normal) |") == len(names)
+    assert table.count("| default (x-MSE, logit-normal) | 16 | 0 |") == table.count("| 16 | 4 |") == len(names)

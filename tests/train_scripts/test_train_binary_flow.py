@@ -4,7 +4,9 @@ Runs use a very small UNet and a few steps; they check behaviour (outputs, fine-
 quality; resumption, data parallelism and faults are in test_run_resilience.py. The Hub is tests/hub_server.py (see conftest.py).
 """
 
+import contextlib
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.hub_client import run_client
-from tests.train_scripts.runs import TINY_UNET, binary_shapes_folder
+from tests.train_scripts.runs import TINY_UNET, binary_shapes_folder, load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "train_scripts" / "train_binary_flow.py"
 
@@ -157,14 +159,18 @@ def test_a_failed_upload_keeps_the_output_and_says_how_to_retry(session_hub, tmp
 # ------------------------------------------------------------------------------------------ bad input
 
 
-def refused(tmp_path, tiny_config, *extra):
+def refused(tmp_path, tiny_config, *extra) -> str:
+    """The script's message for options it must refuse, checked in-process (argparse's on stderr, the others as the
+    exception); nothing may be written."""
     output_dir = tmp_path / "out"
     output_dir.mkdir(exist_ok=True)
     (output_dir / "keep.txt").write_text("earlier work")
-    proc = train(output_dir, tiny_config, *extra, expect_failure=True)
+    script, stderr = load_script("train_binary_flow"), io.StringIO()
+    with pytest.raises((SystemExit, ValueError)) as caught, contextlib.redirect_stderr(stderr):
+        script.main(script.parse_args(command(output_dir, tiny_config, *extra)[2:]))
     assert sorted(p.name for p in output_dir.iterdir()) == ["keep.txt"], "nothing is written before the error"
     assert (output_dir / "keep.txt").read_text() == "earlier work"
-    return proc.stderr
+    return f"{caught.value}\n{stderr.getvalue()}"
 
 
 def test_an_empty_data_folder_is_refused(tmp_path, tiny_config):
@@ -223,8 +229,9 @@ def test_a_fresh_run_never_overwrites_checkpoints(trained, tmp_path, tiny_config
     output_dir = tmp_path / "busy"
     output_dir.mkdir()
     (output_dir / "checkpoint-2").symlink_to(source / "checkpoint-2")
-    proc = train(output_dir, tiny_config, expect_failure=True)
-    assert "--resume_from_checkpoint latest" in proc.stderr
+    script = load_script("train_binary_flow")
+    with pytest.raises(SystemExit, match="--resume_from_checkpoint latest"):
+        script.main(script.parse_args(command(output_dir, tiny_config)[2:]))
     assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-2"]
 
 
