@@ -51,7 +51,9 @@ def main(args):
         return
     digits = from_bundled_digits("heldout")
     originals = torch.stack([digits[i]["bits"] for i in range(8)])
-    labels = [digits[i]["label"] for i in range(8)] if num_classes else None
+    labels = [digits[i]["label"] for i in range(8)]
+    if not num_classes or max(labels) >= num_classes:  # not a digit model: complete through the null class
+        labels = None
     mask = torch.zeros(1, 1, 28, 28)
     mask[..., 14:, :] = 1  # regenerate the lower half
     # Completion mixes best with stochastic steps (see BinaryFlowPipeline's docstring).

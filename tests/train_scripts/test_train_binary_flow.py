@@ -97,6 +97,19 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     assert summary["digits_fd"] > 0 and 0 <= summary["digits_precision"] <= 1 and "| digits_fd |" in body
 
 
+def test_the_sampling_script_writes_a_grid_and_completions_that_keep_the_known_bits(trained, tmp_path):
+    """The second half of `make train`: samples and completions from the saved pipeline."""
+    output_dir, _ = trained
+    script = Path(__file__).resolve().parents[2] / "train_scripts" / "sample_binary_flow.py"
+    proc = subprocess.run([sys.executable, str(script), "--pipeline", str(output_dir), "--output_dir",
+                           str(tmp_path / "again"), "--num_inference_steps", "2"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Known bits kept exactly: True" in proc.stdout
+    assert PIL.Image.open(tmp_path / "again" / "samples.png").size == (8 * 28 * 3, 10 * 28 * 3)  # a row per class
+    assert PIL.Image.open(tmp_path / "again" / "completion.png").size == (8 * 28 * 3, 5 * 28 * 3)
+
+
 def test_fine_tuning_a_saved_pipeline_on_a_new_image_folder(trained, tmp_path, tiny_config):
     base, _ = trained
     data = binary_shapes_folder(tmp_path / "shapes")
