@@ -1,7 +1,7 @@
 """Alignment grid on binarized digits: which prediction / loss / sigma-sampling recipe trains best at a CPU budget?
 
-    python benchmarks/alignment_digits.py [--steps 1000] [--batch_size 32] [--seeds 3] [--num_samples 500]
-    python benchmarks/alignment_digits.py --smoke --output_dir /tmp/digits   # tiny sizes, seconds (the test runs this)
+    python -m benchmarks.alignment_digits [--steps 1000] [--batch_size 32] [--seeds 3] [--num_samples 500]
+    python -m benchmarks.alignment_digits --smoke --output_dir /tmp/digits   # tiny sizes, seconds (the test runs this)
 
 Every cell trains the same 267k-parameter UNet2DModel body with the same optimiser, steps, batch, data order and
 seeds (see `digit_runs.py`), then samples `--num_samples` unconditional digits with `BinaryFlowPipeline` (Euler,
@@ -13,7 +13,8 @@ rectified flow, and the aligned variants that separate JiT's two heuristics: x-M
 x-MSE weighted min(sigma^-2, 400) under uniform sigma (the x-space form of JiT's clamp), x-BCE under logit-normal.
 
 Recorded per cell (mean +- std over seeds): the metrics, the divergence count (a non-finite loss) and the per-sample
-output-gradient norm per sigma bin over the last 200 steps (p50 / p99, averaged over seeds; plotted).
+output-gradient norm per sigma bin over the last 200 steps (p50 / p99, averaged over seeds; plotted). A run whose
+sampling the scheduler refuses (a non-finite estimate) has no metrics and is counted as failed.
 Writes alignment_digits.json, .md and .png into --output_dir; trained runs are cached in --cache_dir.
 """
 
@@ -24,19 +25,22 @@ import time
 from pathlib import Path
 
 import torch
-from digit_runs import METHODS, generate, run_dir, train
-from reporting import (
+
+from diffusers_binflow.metrics import DigitMetrics
+
+from .digit_runs import METHODS, generate, run_dir, train
+from .reporting import (
     command_line,
+    failed_note,
     fmt,
     machine,
     mean_std,
     pyplot,
     run_jobs,
+    sample_or_failure,
     small_sigma_slope,
     write_results,
 )
-
-from diffusers_binflow.metrics import DigitMetrics
 
 GRID = ("x-mse", "x-bce", "v-loss", "jit", "rf", "x-mse-ln", "x-mse-w", "x-bce-ln")
 SMOKE_GRID = ("x-mse", "v-loss")
@@ -54,9 +58,9 @@ def evaluate(job) -> dict:
         scored = json.loads(cache.read_text())
     else:
         start = time.perf_counter()
-        bits = generate(run, args.num_samples, args.nfe, seed=10_000 * (seed + 1))
-        scored = {"sample_seconds": time.perf_counter() - start,
-                  "metrics": DigitMetrics(num_samples=args.num_samples)(bits)}
+        bits, failed = sample_or_failure(lambda: generate(run, args.num_samples, args.nfe, seed=10_000 * (seed + 1)))
+        metrics = dict.fromkeys(REPORTED) if bits is None else DigitMetrics(num_samples=args.num_samples)(bits)
+        scored = {"sample_seconds": time.perf_counter() - start, "sampling_failed": failed, "metrics": metrics}
         cache.write_text(json.dumps(scored))
     return {**run.record, "key": key, **scored}
 
@@ -70,6 +74,7 @@ def summarize(key: str, runs: list[dict]) -> dict:
     return {
         "key": key, "name": METHODS[key].name, "n_seeds": len(runs),
         "n_diverged": sum(r["diverged"] for r in runs),
+        "n_failed": sum(r.get("sampling_failed") is not None for r in runs),  # scores cached before it: no key
         "metrics": {m: mean_std([r["metrics"][m] for r in runs]) for m in REPORTED},
         "final_loss": mean_std([r["final_loss"] for r in runs]),
         "output_grad_norm_per_sigma_bin": bins,
@@ -100,7 +105,8 @@ def markdown(result: dict) -> str:
         slope = c["output_grad_p50_loglog_slope_small_sigma"]
         multiple = "n/a" if fd is None else f"{fd / floor['fd']:.1f}x"
         lines.append(
-            f"| {c['name']} | {c['n_diverged']}/{c['n_seeds']} | {fmt(m['fd'], 3)} | "
+            f"| {c['name']} | {c['n_diverged']}/{c['n_seeds']} | "
+            f"{fmt(m['fd'], 3)}{failed_note(c['n_failed'], c['n_seeds'])} | "
             f"{multiple} | {fmt(m['precision'], 3)} | {fmt(m['recall'], 3)} "
             f"| {fmt(m['class_coverage'], 2)} | {fmt(m['speckle_rate'], 2)} | {fmt(m['pixel_marginal_error'], 2)} | "
             f"{'n/a' if slope is None else f'{slope:+.2f}'} |")
@@ -165,7 +171,7 @@ def main(argv=None):
     runs = run_jobs(evaluate, jobs, args.workers, lambda run, i, total: report(run, i, total, start))
     floor = DigitMetrics(num_samples=args.num_samples).floor(args.num_samples, seed=0)
     result = {
-        "command": command_line(argv), "machine": machine(), "wall_seconds": time.perf_counter() - start,
+        "command": command_line(__spec__.name, argv), "machine": machine(), "wall_seconds": time.perf_counter() - start,
         "config": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "nfe": args.nfe,
                    "num_samples": args.num_samples, "parameters": runs[0]["parameters"], "smoke": args.smoke,
                    "cached_only": args.cached_only},
@@ -179,8 +185,10 @@ def main(argv=None):
 
 
 def report(run: dict, i: int, total: int, start: float):
+    fd = run["metrics"]["fd"]
     print(f"[{i}/{total} {time.perf_counter() - start:.0f}s] {run['key']} seed {run['seed']}: "
-          f"FD {run['metrics']['fd']:.2f}, diverged {run['diverged']}, train {run['train_seconds']:.0f} s", flush=True)
+          f"FD {'n/a' if fd is None else f'{fd:.2f}'}, diverged {run['diverged']}, train {run['train_seconds']:.0f} s",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Alignment grid on the paper's toy: which prediction/loss pairs train robustly on 16-d binary vs Gaussian data?
 
-    python benchmarks/alignment_toy.py [--steps 5000] [--batch_size 1000] [--seeds 3] [--output_dir benchmarks/results]
-    python benchmarks/alignment_toy.py --smoke --output_dir /tmp/toy     # tiny sizes, seconds (the test runs this)
+    python -m benchmarks.alignment_toy [--steps 5000] [--batch_size 1000] [--seeds 3] [--output_dir benchmarks/results]
+    python -m benchmarks.alignment_toy --smoke --output_dir /tmp/toy     # tiny sizes, seconds (the test runs this)
 
 Data: 16-dimensional BPSK (uniform independent bits, signal +-1) and 16-dimensional standard Gaussian data; both
 have mean 0 and identity covariance, so they differ only in being discrete. Same network (a 2x256 gated MLP with
@@ -14,7 +14,8 @@ a sigma embedding), Adam, steps, batch and seeds for every cell of recipes x sig
 Recorded per cell (mean +- std over seeds): the final training loss (EMA over the last 200 steps; each recipe's
 own loss, so not comparable across recipes), an x-space MSE of the final model on a fixed evaluation set under
 uniform sigma (comparable across recipes), the divergence rate (any step whose loss is not finite or > 1e6;
-training stops at a non-finite loss), the norm of d(per-sample loss)/d(network output) per sigma bin (10 bins;
+training stops at a non-finite loss, and sampling is then scored as failed if the scheduler refuses the model's
+non-finite estimate), the norm of d(per-sample loss)/d(network output) per sigma bin (10 bins;
 p50 and p99 over the last 1000 steps, pooled over seeds; the library's `output_gradient_norms` times the batch
 size) and sample quality from `BinaryFlowMatchScheduler` (Euler, 16 steps): for BPSK (threshold) the largest
 |marginal - 0.5|, the largest |correlation| between bits and the total variation between the 2^16-state
@@ -34,15 +35,28 @@ from pathlib import Path
 
 import torch
 from diffusers.models.embeddings import get_timestep_embedding
-from reporting import clean_json, command_line, fmt, mean_std, small_sigma_slope
 from torch import nn
 
 from diffusers_binflow import BinaryFlowMatchScheduler
-from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
+from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.flow import interpolate, predict_x0
 from diffusers_binflow.losses import implied_weight
 from diffusers_binflow.timestep_sampling import sample_sigmas
 from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+
+from .reporting import (
+    clean_json,
+    command_line,
+    fmt,
+    machine,
+    mean_std,
+    pyplot,
+    run_jobs,
+    sample_or_failure,
+    small_sigma_slope,
+    write_results,
+)
+from .training_loop import OutputGradients, train_loop
 
 DIM = 16
 NUM_TRAIN_TIMESTEPS = 1000
@@ -86,12 +100,13 @@ class GatedMLP(nn.Module):
     """The toy denoiser: two gated layers of width 256 (``value * silu(gate)``) conditioned on a sinusoidal
     embedding of the timestep (sigma * 1000), then a linear read-out. Called like a diffusers model."""
 
-    def __init__(self, dim: int = DIM, width: int = 256, depth: int = 2, embedding_dim: int = 32):
+    def __init__(self, dim: int = DIM, width: int = 256, depth: int = 2, embedding_dim: int = 32,
+                 in_dim: int | None = None):
         super().__init__()
         self.embedding_dim = embedding_dim
         self.time_mlp = nn.Sequential(nn.Linear(embedding_dim, embedding_dim), nn.SiLU())
-        self.layers = nn.ModuleList(
-            nn.Linear((dim if i == 0 else width) + embedding_dim, 2 * width) for i in range(depth)
+        self.layers = nn.ModuleList(  # `in_dim` (default `dim`) input features, `dim` outputs
+            nn.Linear(((in_dim or dim) if i == 0 else width) + embedding_dim, 2 * width) for i in range(depth)
         )
         self.out = nn.Linear(width, dim)
 
@@ -106,6 +121,35 @@ class GatedMLP(nn.Module):
             value, gate = layer(torch.cat([h, emb], dim=1)).chunk(2, dim=1)
             h = value * nn.functional.silu(gate)
         out = self.out(h)
+        return (out,) if not return_dict else {"sample": out}
+
+
+class BitTransformer(nn.Module):
+    """A small transformer denoiser over bit positions, called like `GatedMLP`: each of the `dim` bits is a token
+    whose features are its input channels (the flat input holds ``in_dim // dim`` channels of `dim` values, e.g. the
+    signal then a mask), lifted to `width` with a learned position and the timestep embedding added, mixed by a
+    `depth`-layer `nn.TransformerEncoder` (full attention) and read out as one value per bit. It tells the network
+    apart from the method: the MLP sees all bits at once through dense layers, this one through attention."""
+
+    def __init__(self, dim: int = DIM, width: int = 64, depth: int = 2, heads: int = 4, in_dim: int | None = None):
+        super().__init__()
+        self.dim, self.channels, self.width = dim, (in_dim or dim) // dim, width
+        self.lift = nn.Linear(self.channels, width)
+        self.position = nn.Parameter(torch.randn(dim, width) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, sample: torch.Tensor, timestep, return_dict: bool = False):
+        timestep = torch.as_tensor(timestep, dtype=sample.dtype, device=sample.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(sample.shape[0])
+        emb = self.time_mlp(get_timestep_embedding(timestep, self.width, flip_sin_to_cos=True, downscale_freq_shift=0))
+        tokens = sample.view(-1, self.channels, self.dim).transpose(1, 2)  # (N, dim, channels)
+        h = self.encoder(self.lift(tokens) + self.position + emb[:, None])
+        out = self.out(h).squeeze(-1)
         return (out,) if not return_dict else {"sample": out}
 
 
@@ -166,9 +210,9 @@ def generate(model, prediction_type: str, dataset: str, n: int, seed: int, dim: 
     return sample
 
 
-def quality(dataset: str, signal: torch.Tensor) -> dict:
-    """Sample statistics against the truth (uniform independent bits, or N(0, I))."""
-    if not torch.isfinite(signal).all():
+def quality(dataset: str, signal: torch.Tensor | None) -> dict:
+    """Sample statistics against the truth (uniform independent bits, or N(0, I)); NaN without finite samples."""
+    if signal is None or not torch.isfinite(signal).all():
         return {k: math.nan for k in (("max_marginal_error", "max_abs_correlation", "tv_uniform")
                                       if dataset == "bpsk" else ("mean_error", "cov_error"))}
     if dataset == "bpsk":
@@ -199,57 +243,50 @@ def eval_x_mse(model, prediction_type: str, dataset: str, n: int) -> float:
 # ---------------------------------------------------------------------------------------------------- runs
 
 
+def toy_loss(dataset: str, config: FlowLossConfig):
+    """The loss of `train_loop` for `dataset`: (loss, sigmas, model_output) of the library's loss on bits, or of
+    `gaussian_flow_loss` on Gaussian data."""
+    if dataset == "bpsk":
+        def loss(model, bits, generator):
+            out = flow_matching_loss(model, bits, config, generator=generator)
+            return out.loss, out.sigmas, out.model_output
+
+        return loss
+    return lambda model, data, generator: gaussian_flow_loss(model, data, config, generator)
+
+
+def ema_of(losses: list[float], steps: int) -> float:
+    """The bias-corrected exponential moving average (span min(EMA_SPAN, steps)) of `losses`, at their end."""
+    decay = 1 - 1 / min(EMA_SPAN, steps)
+    ema = weight = 0.0
+    for value in losses:
+        ema = decay * ema + (1 - decay) * value
+        weight = decay * weight + (1 - decay)
+    return ema / weight if weight > 0 else math.nan
+
+
 def train_one(dataset: str, recipe: Recipe, sampler: str, seed: int, args) -> dict:
-    torch.manual_seed(seed)
-    model = GatedMLP()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    data_generator = torch.Generator().manual_seed(10_000 + seed)
-    noise_generator = torch.Generator().manual_seed(20_000 + seed)
-    config = loss_config(recipe, sampler)
-    grad_window = min(GRAD_WINDOW, args.steps)
-    ema_decay = 1 - 1 / min(EMA_SPAN, args.steps)
-    ema = ema_weight = 0.0
-    max_loss, first_divergence, stopped_at = 0.0, None, None
-    grad_sigmas, grad_norms = [], []
-    start = time.perf_counter()
-    for step in range(args.steps):
-        data = sample_data(dataset, args.batch_size, data_generator)
-        if dataset == "bpsk":
-            out = flow_matching_loss(model, data, config, generator=noise_generator)
-            loss, sigmas, model_output = out.loss, out.sigmas, out.model_output
-        else:
-            loss, sigmas, model_output = gaussian_flow_loss(model, data, config, noise_generator)
-        value = loss.item()
-        if not math.isfinite(value) or value > DIVERGENCE_LOSS:
-            first_divergence = step if first_divergence is None else first_divergence
-        if not math.isfinite(value):
-            stopped_at = step
-            break
-        max_loss = max(max_loss, value)
-        ema = ema_decay * ema + (1 - ema_decay) * value
-        ema_weight = ema_decay * ema_weight + (1 - ema_decay)
-        if step >= args.steps - grad_window:
-            norms = output_gradient_norms(loss, model_output) * args.batch_size
-            grad_sigmas.append(sigmas.detach())
-            grad_norms.append(norms.detach())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    train_seconds = time.perf_counter() - start
-    model.eval()
+    gradients = OutputGradients(args.steps, GRAD_WINDOW, args.batch_size)
+    training = train_loop(GatedMLP, toy_loss(dataset, loss_config(recipe, sampler)),
+                          lambda generator: sample_data(dataset, args.batch_size, generator), args.steps, seed=seed,
+                          data_seed=10_000 + seed, noise_seed=20_000 + seed, lr=args.lr, observe=gradients)
+    model, stopped_at = training.model, training.stopped_at_step
+    huge = [step for step, value in enumerate(training.losses) if value > DIVERGENCE_LOSS]
+    first_divergence = huge[0] if huge else stopped_at
     finite_model = stopped_at is None and all(torch.isfinite(p).all() for p in model.parameters())
-    samples = generate(model, recipe.prediction_type, dataset, args.num_samples, seed=30_000 + seed)
+    samples, sampling_failed = sample_or_failure(
+        lambda: generate(model, recipe.prediction_type, dataset, args.num_samples, seed=30_000 + seed))
     return {
         "dataset": dataset, "recipe": recipe.name, "sampler": sampler, "seed": seed,
         "diverged": first_divergence is not None, "first_divergence_step": first_divergence,
-        "stopped_at_step": stopped_at, "max_loss": max_loss,
-        "final_loss": ema / ema_weight if stopped_at is None and ema_weight > 0 else math.nan,
+        "stopped_at_step": stopped_at, "max_loss": max([0.0, *training.losses]),
+        "final_loss": ema_of(training.losses, args.steps) if stopped_at is None else math.nan,
         "eval_x_mse": eval_x_mse(model, recipe.prediction_type, dataset, args.num_samples) if finite_model
         else math.nan,
-        "quality": quality(dataset, samples),
-        "train_seconds": train_seconds,
-        "_grad_sigmas": torch.cat(grad_sigmas) if grad_sigmas else torch.empty(0),
-        "_grad_norms": torch.cat(grad_norms) if grad_norms else torch.empty(0),
+        "quality": quality(dataset, samples), "sampling_failed": sampling_failed,
+        "train_seconds": training.train_seconds,
+        "_grad_sigmas": gradients.sigmas,
+        "_grad_norms": gradients.norms,
     }
 
 
@@ -330,11 +367,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(DATASETS), figsize=(13, 4.8), sharey=True)
     for ax, dataset in zip(axes, DATASETS):
         for c in [c for c in result["cells"] if c["dataset"] == dataset]:
@@ -397,8 +430,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.render_only:
         result = json.loads((args.output_dir / "alignment_toy.json").read_text())
-        (args.output_dir / "alignment_toy.md").write_text(markdown(result) + "\n")
-        plot(result, args.output_dir / "alignment_toy.png")
+        write_results(args.output_dir, "alignment_toy", result, markdown(result), lambda path: plot(result, path))
         print(markdown(result))
         return
     if args.smoke:
@@ -410,26 +442,17 @@ def main(argv=None):
     print(f"{len(cells)} cells x {args.seeds} seeds = {len(jobs)} runs of {args.steps} steps "
           f"(batch {args.batch_size}, {args.workers} worker(s))", flush=True)
     results, done = {}, []
-    args.output_dir.mkdir(parents=True, exist_ok=True)
 
-    def record(i, run):
+    def record(run, i, total):
         results[(run["dataset"], run["recipe"], run["sampler"], run["seed"])] = run
-        report_run(i, len(jobs), run, start)
+        report_run(i, total, run, start)
         for d, r, s in cells:  # rewrite the outputs whenever a cell has all its seeds, so a long run shows progress
             if (d, r.name, s) not in done and all((d, r.name, s, k) in results for k in range(args.seeds)):
                 done.append((d, r.name, s))
                 if len(done) < len(cells):
                     write_outputs(args, argv, start, cells, results, quiet=True)
 
-    if args.workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            for i, run in enumerate(pool.imap_unordered(_worker, jobs), 1):
-                record(i, run)
-    else:
-        for i, job in enumerate(jobs, 1):
-            record(i, _worker(job))
+    run_jobs(_worker, jobs, args.workers, record)
     write_outputs(args, argv, start, cells, results)
 
 
@@ -439,7 +462,7 @@ def write_outputs(args, argv, start, cells, results, quiet=False):
     summary = [summarize_cell(d, r, s, [results[(d, r.name, s, seed)] for seed in range(args.seeds)])
                for d, r, s in finished]
     result = clean_json({
-        "command": command_line(argv),
+        "command": command_line(__spec__.name, argv),
         "complete": len(finished) == len(cells), "cells_finished": len(finished), "cells_total": len(cells),
         "config": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "lr": args.lr,
                    "num_samples": args.num_samples, "workers": args.workers, "smoke": args.smoke,
@@ -447,15 +470,13 @@ def write_outputs(args, argv, start, cells, results, quiet=False):
                    "logit_normal": {"logit_mean": JIT_LOGIT_MEAN, "logit_std": JIT_LOGIT_STD},
                    "divergence_loss": DIVERGENCE_LOSS, "ema_span": EMA_SPAN, "grad_window": GRAD_WINDOW,
                    "num_bins": NUM_BINS, "sampling_steps": SAMPLING_STEPS},
-        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "machine": machine(),
         "wall_seconds": time.perf_counter() - start,
         "floors": floors(args.num_samples),
         "cells": summary,
     })
-    (args.output_dir / "alignment_toy.json").write_text(json.dumps(result, indent=1))
     table = markdown(result)
-    (args.output_dir / "alignment_toy.md").write_text(table + "\n")
-    plot(result, args.output_dir / "alignment_toy.png")
+    write_results(args.output_dir, "alignment_toy", result, table, lambda path: plot(result, path))
     if not quiet:
         print(table)
         print(f"wrote {args.output_dir}/alignment_toy.{{json,md,png}} in {result['wall_seconds']:.1f} s")

@@ -1,7 +1,7 @@
 """Cost of the library against a plain flow-matching loop with the same network, measured in one run.
 
-    python benchmarks/cost.py [--rounds 30] [--batch_size 32] [--sample_batch 64] [--nfe 16]
-    python benchmarks/cost.py --smoke --output_dir /tmp/cost     # tiny sizes, seconds (the test runs this)
+    python -m benchmarks.cost [--rounds 30] [--batch_size 32] [--sample_batch 64] [--nfe 16]
+    python -m benchmarks.cost --smoke --output_dir /tmp/cost     # tiny sizes, seconds (the test runs this)
 
 Training: one optimiser step of ours (`flow_matching_loss`: sigma sampling, noising, the network, the x-loss of
 `binary_flow_loss`) against a plain rectified-flow step written inline (uniform t, x_t = (1 - t) x + t eps, MSE to
@@ -9,7 +9,8 @@ eps - x), same UNet2DModel body, batch and optimiser. Sampling: `BinaryFlowPipel
 (NFE Euler steps, bits out) against a plain loop over diffusers' `FlowMatchEulerDiscreteScheduler` (network,
 `scheduler.step`, threshold). The two sides alternate round by round so that load on the machine hits both alike;
 each ratio is median(ours) / median(plain). Also reported: the share of our training step spent in the loss
-(`binary_flow_loss`, forward) and of our sampling spent in `BinaryFlowMatchScheduler.step`.
+(`binary_flow_loss`, forward) and of our sampling spent in `BinaryFlowMatchScheduler.step`. The training side times
+single optimiser steps, so it keeps its own two step closures rather than the benchmarks' `train_loop`.
 
 Writes cost.json and cost.md into --output_dir.
 """
@@ -21,14 +22,15 @@ from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from digit_runs import build_body
-from reporting import command_line, machine, write_results
 
 from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
 from diffusers_binflow.bits import bits_to_signal
 from diffusers_binflow.losses import binary_flow_loss
 from diffusers_binflow.metrics.digits import digit_bits
 from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+
+from .digit_runs import build_body
+from .reporting import command_line, machine, write_results
 
 
 def timed(fn) -> float:
@@ -168,7 +170,7 @@ def main(argv=None):
     median_train = (statistics.median(train_ours), statistics.median(train_plain))
     median_sample = (statistics.median(sample_ours), statistics.median(sample_plain))
     result = {
-        "command": command_line(argv), "machine": machine(),
+        "command": command_line(__spec__.name, argv), "machine": machine(),
         "config": {"rounds": args.rounds, "batch_size": args.batch_size, "sample_batch": args.sample_batch,
                    "nfe": args.nfe, "threads": args.threads, "smoke": args.smoke,
                    "parameters": sum(p.numel() for p in model.parameters())},

@@ -1,19 +1,15 @@
-"""What the digit benchmarks share: one denoiser body, one training loop and one sampler per method, runs cached.
+"""What the digit benchmarks share: one denoiser body, one training recipe and one sampler per method, runs cached.
 
 Every method trains the same UNet2DModel body (`BODY`, 267k parameters at 28x28) on the bundled training digits
 (binarized at grey level 128, unconditional) with the same optimiser, steps, batch and data order per seed; only
-the corruption, the loss and the sampler differ:
+the corruption, the loss and the sampler differ. Training (`training_loop.train_loop`): Adam (betas 0.9 / 0.99),
+lr 1e-3 with 50 warm-up steps and cosine decay, gradients clipped at 1, EMA weights (decay 0.999 with warm-up).
 
 - ``flow``: binary flow matching with this library (`flow_matching_loss`, any recipe of `FlowLossConfig`), sampled
   with `BinaryFlowPipeline` + `BinaryFlowMatchScheduler` (Euler) or, for velocity models, diffusers'
   `FlowMatchEulerDiscreteScheduler` (rectified flow on analog bits).
-- ``uniform_flip``: D3PM uniform-kernel ("flip") diffusion with K = 2: a bit survives with probability 1 - t and is
-  otherwise a fair coin; cross-entropy on the clean bit; sampled with diffusers' `DiscreteDDIMScheduler`
-  (temperature 1).
-- ``dfm_uniform`` / ``dfm_mask``: discrete flow matching with Meta's `flow_matching` package (optional extra
-  ``peers``; CC BY-NC, installed, never copied): `MixtureDiscreteProbPath` with kappa_t = t from a uniform source
-  (K = 2) or a mask source (K = 3), cross-entropy on the clean bit, t ~ U[0, 1 - 1e-3], sampled with
-  `MixtureDiscreteEulerSolver`.
+- ``uniform_flip``, ``dfm_uniform``, ``dfm_mask``: the discrete peers of `discrete_peers.py` (uniform-flip
+  diffusion with diffusers' `DiscreteDDIMScheduler`; Meta's discrete flow matching from a uniform or a mask source).
 
 Time enters the body in one convention for all methods: ``timestep = 1000 * noise level`` (sigma for the flows, t
 for the uniform flip, 1 - t for Meta's paths, whose t = 1 is data). Inputs are the +-1 signal of the current state
@@ -25,34 +21,25 @@ and reused by any benchmark that asks for the same (method, seed, steps, batch).
 """
 
 import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from diffusers import (
-    DiscreteDDIMScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    UNet2DModel,
-)
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
 
 from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
-from diffusers_binflow.bits import bits_to_signal
-from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
+from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.metrics.digits import digit_bits
 from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+
+from .discrete_peers import input_channels, peer_loss, sample_peer
+from .training_loop import OutputGradients, train_loop
 
 BODY = dict(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
             down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3)
 LEARNING_RATE, WARMUP_STEPS, MAX_GRAD_NORM, EMA_DECAY = 1e-3, 50, 1.0, 0.999
 JIT_LOGIT_MEAN, JIT_LOGIT_STD, JIT_CLAMP = 0.8, 0.8, 0.05  # JiT's t ~ logit-normal(-0.8, 0.8) in sigma = 1 - t
-DFM_T_MAX = 1 - 1e-3  # Meta's examples keep t off the singular data end
 GRAD_WINDOW = 200  # last steps whose output-gradient norms are recorded
-MASK = 2  # the mask token of the mask source
 
 
 @dataclass(frozen=True)
@@ -66,8 +53,10 @@ class Method:
     loss_space: str = "x"
     loss_type: str = "mse"
     timestep_sampling: str = "uniform"
+    uniform_fraction: float = 0.0  # share of sigmas drawn uniformly instead (FlowLossConfig.uniform_fraction)
     v_clamp: float | None = None
     weighting_max: float | None = None
+    self_conditioning: bool = False  # FlowLossConfig's; the body then takes the previous estimate as a 2nd channel
     sampler: str = "binary_flow"  # binary_flow | flow_match_euler | discrete_ddim | dfm_euler
     solver: str = "euler"  # BinaryFlowMatchScheduler's, for the binary_flow sampler
     trained_as: str | None = None  # the key of a method with the same training (only the sampler differs)
@@ -77,11 +66,12 @@ class Method:
         logit = dict(logit_mean=JIT_LOGIT_MEAN, logit_std=JIT_LOGIT_STD) if logit_normal else {}
         return FlowLossConfig(prediction_type=self.prediction_type, loss_space=self.loss_space,
                               loss_type=self.loss_type, timestep_sampling=self.timestep_sampling,
-                              v_clamp=self.v_clamp, weighting_max=self.weighting_max, **logit)
+                              uniform_fraction=self.uniform_fraction, v_clamp=self.v_clamp,
+                              weighting_max=self.weighting_max, self_conditioning=self.self_conditioning, **logit)
 
     @property
     def in_channels(self) -> int:
-        return 2 if self.family == "dfm_mask" else 1
+        return 2 if self.self_conditioning else input_channels(self.family, 1)
 
 
 W_MAX = 1 / JIT_CLAMP**2  # min(sigma^-2, 400): the x-space form of JiT's v-loss clamp
@@ -98,6 +88,16 @@ METHODS = {m.key: m for m in (
            timestep_sampling="logit_normal"),
     Method("x-bce-w", "x-pred(logits) + x-BCE x min(sigma^-2, 400), uniform", prediction_type="logits",
            loss_type="bce", weighting_max=W_MAX),
+    # Data-end candidates (issue 13): sigmas that also cover the data end, and logits exact there by construction.
+    Method("x-mse-ln-mix", "x-pred + x-MSE, logit-normal + 20% uniform", timestep_sampling="logit_normal",
+           uniform_fraction=0.2),
+    Method("lr-bce-ln", "likelihood residual + x-BCE, logit-normal", prediction_type="likelihood_residual",
+           loss_type="bce", timestep_sampling="logit_normal"),
+    Method("lr-bce-mix", "likelihood residual + x-BCE, logit-normal + 20% uniform",
+           prediction_type="likelihood_residual", loss_type="bce", timestep_sampling="logit_normal",
+           uniform_fraction=0.2),
+    Method("x-mse-ln-sc", "x-pred + x-MSE, logit-normal, self-conditioning", timestep_sampling="logit_normal",
+           self_conditioning=True),
     Method("x-mse-ln-heun", "x-pred + x-MSE, logit-normal; Heun sampler", timestep_sampling="logit_normal",
            solver="heun", trained_as="x-mse-ln"),
     Method("rf-fm-euler", "rectified flow (diffusers FlowMatchEulerDiscreteScheduler)", prediction_type="velocity",
@@ -124,40 +124,11 @@ def build_body(in_channels: int = 1) -> UNet2DModel:
 
 # ------------------------------------------------------------------------------------------------------ training
 
-def discrete_loss(method: Method, model, bits: torch.Tensor, generator: torch.Generator):
-    """Cross-entropy on the clean bit for the discrete peers. Returns (loss, noise levels, model output)."""
-    batch = bits.shape[0]
-    if method.family == "uniform_flip":
-        t = torch.rand(batch, generator=generator)
-        keep = torch.rand(bits.shape, generator=generator) < (1 - t).view(-1, 1, 1, 1)
-        state = torch.where(keep, bits, torch.randint(0, 2, bits.shape, generator=generator).float())
-        inputs, noise_level = bits_to_signal(state), t
-    else:
-        from flow_matching.path import MixtureDiscreteProbPath
-        from flow_matching.path.scheduler import PolynomialConvexScheduler
-
-        t = torch.rand(batch, generator=generator) * DFM_T_MAX
-        clean = bits.long().flatten(1)
-        source = torch.full_like(clean, MASK) if method.family == "dfm_mask" else torch.randint_like(clean, 0, 2)
-        state = MixtureDiscreteProbPath(PolynomialConvexScheduler(n=1)).sample(x_0=source, x_1=clean, t=t).x_t
-        inputs, noise_level = discrete_inputs(method, state.view_as(bits)), 1 - t
-    logits = model(inputs, noise_level * 1000, return_dict=False)[0]
-    return F.binary_cross_entropy_with_logits(logits, bits), noise_level, logits
-
-
-def discrete_inputs(method: Method, state: torch.Tensor) -> torch.Tensor:
-    """The body's input for a discrete state: the +-1 signal, plus a mask channel (masked bits shown as 0)."""
-    if method.family != "dfm_mask":
-        return bits_to_signal(state.float())
-    masked = (state == MASK).float()
-    return torch.cat([bits_to_signal(state.clamp(max=1).float()) * (1 - masked), masked], dim=1)
-
-
 def method_loss(method: Method, model, bits: torch.Tensor, generator: torch.Generator):
     if method.family == "flow":
         out = flow_matching_loss(model, bits, method.loss_config(), generator=generator)
         return out.loss, out.sigmas, out.model_output
-    return discrete_loss(method, model, bits, generator)
+    return peer_loss(method.family, model, bits, generator)
 
 
 def run_dir(cache_dir: Path, method: Method, seed: int, steps: int, batch_size: int) -> Path:
@@ -173,42 +144,24 @@ def train(method: Method, seed: int, steps: int, batch_size: int, cache_dir: Pat
         record = json.loads((folder / "run.json").read_text())
         return Run(method, seed, UNet2DModel.from_pretrained(folder).eval(), record)
 
-    torch.manual_seed(seed)  # the body's initialisation (and Meta's path sampling, which takes no generator)
-    model = build_body(method.in_channels)
     data = digit_bits("train")
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.99), weight_decay=0.0)
-    lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=WARMUP_STEPS, num_training_steps=steps)
-    ema = EMAModel(model.parameters(), decay=EMA_DECAY, use_ema_warmup=True, power=0.75)
-    losses, grad_sigmas, grad_norms, diverged = [], [], [], False
-    start = time.perf_counter()
-    for step in range(steps):
-        bits = data[torch.randint(len(data), (batch_size,), generator=generator)]
-        loss, sigmas, model_output = method_loss(method, model, bits, generator)
-        if not torch.isfinite(loss):
-            diverged = True
-            break
-        if step >= steps - GRAD_WINDOW:
-            grad_sigmas.append(sigmas.detach())
-            grad_norms.append(output_gradient_norms(loss, model_output).detach() * batch_size)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(model.parameters())
-        losses.append(loss.item())
-    ema.copy_to(model.parameters())
+    gradients = OutputGradients(steps, GRAD_WINDOW, batch_size)
+    # The seed also drives Meta's path sampling, which draws from the global generator.
+    training = train_loop(lambda: build_body(method.in_channels),
+                          lambda model, bits, generator: method_loss(method, model, bits, generator),
+                          lambda generator: data[torch.randint(len(data), (batch_size,), generator=generator)], steps,
+                          seed=seed, lr=LEARNING_RATE, betas=(0.9, 0.99), cosine_decay=True, warmup_steps=WARMUP_STEPS,
+                          max_grad_norm=MAX_GRAD_NORM, ema_decay=EMA_DECAY, observe=gradients)
+    model, losses = training.model, training.losses
     record = {
         "method": asdict(method), "seed": seed, "steps": steps, "batch_size": batch_size,
-        "steps_done": len(losses), "diverged": diverged,
+        "steps_done": len(losses), "diverged": training.diverged,
         "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])) if losses else None,
-        "train_seconds": time.perf_counter() - start,
+        "train_seconds": training.train_seconds,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "output_grad_norm_per_sigma_bin": per_sigma_bin_stats(torch.cat(grad_sigmas), torch.cat(grad_norms),
-                                                              percentiles=(50, 99)) if grad_norms else None,
+        "output_grad_norm_per_sigma_bin": per_sigma_bin_stats(gradients.sigmas, gradients.norms, percentiles=(50, 99))
+        if gradients.norm_batches else None,
     }
-    model.eval()
     if folder is not None:
         model.save_pretrained(folder)
         (folder / "run.json").write_text(json.dumps(record, indent=1))
@@ -226,52 +179,25 @@ def generate(run: Run, num_samples: int, nfe: int, seed: int = 0, chunk: int = 5
 
 def _generate(run: Run, n: int, nfe: int, seed: int) -> torch.Tensor:
     method, model = run.method, run.model
-    generator = torch.Generator().manual_seed(seed)
     if method.sampler in ("binary_flow", "flow_match_euler"):
-        scheduler = (FlowMatchEulerDiscreteScheduler() if method.sampler == "flow_match_euler" else
-                     BinaryFlowMatchScheduler(prediction_type=method.prediction_type, solver=method.solver))
-        pipeline = BinaryFlowPipeline(unet=model, scheduler=scheduler)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline(batch_size=n, num_inference_steps=steps_for(method.solver, nfe), generator=generator,
-                        output_type="pt").images
-    if method.sampler == "discrete_ddim":
-        scheduler = DiscreteDDIMScheduler()
-        scheduler.set_timesteps(nfe)
-        state = torch.randint(0, 2, (n, 1, 28, 28), generator=generator)
-        for step_index in scheduler.timesteps:
-            noise_level = 1 - step_index.item() / nfe
-            logit = model(bits_to_signal(state.float()), torch.full((n,), noise_level * 1000), return_dict=False)[0]
-            logits = torch.stack([torch.zeros_like(logit), logit], dim=-1).flatten(1, 3)  # (n, 784, 2)
-            state = scheduler.step(logits, step_index, state.flatten(1), temperature=1.0,
-                                   generator=generator).prev_sample.view(n, 1, 28, 28)
-        return state.float()
-    return _generate_dfm(method, model, n, nfe, seed)
+        pipeline = (flow_pipeline(run, FlowMatchEulerDiscreteScheduler()) if method.sampler == "flow_match_euler" else
+                    flow_pipeline(run, solver=method.solver))
+        return pipeline(batch_size=n, num_inference_steps=steps_for(method.solver, nfe), output_type="pt",
+                        generator=torch.Generator().manual_seed(seed)).images
+    return sample_peer(method.family, model, (1, 28, 28), n, nfe, seed)
+
+
+def flow_pipeline(run: Run, scheduler=None, **scheduler_options) -> BinaryFlowPipeline:
+    """A `BinaryFlowPipeline` (progress bar off) for a flow run: its body, with `scheduler` or a
+    `BinaryFlowMatchScheduler` of the run's prediction type and `scheduler_options`."""
+    method = run.method
+    scheduler = scheduler or BinaryFlowMatchScheduler(prediction_type=method.prediction_type, **scheduler_options)
+    pipeline = BinaryFlowPipeline(unet=run.model, scheduler=scheduler, prediction_type=method.prediction_type,
+                                  self_conditioning=method.self_conditioning)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def steps_for(solver: str, nfe: int) -> int:
     """Solver steps whose network evaluations fit in `nfe`: Heun's N steps take 2N - 1."""
     return (nfe + 1) // 2 if solver == "heun" else nfe
-
-
-def _generate_dfm(method: Method, model, n: int, nfe: int, seed: int) -> torch.Tensor:
-    from flow_matching.path import MixtureDiscreteProbPath
-    from flow_matching.path.scheduler import PolynomialConvexScheduler
-    from flow_matching.solver import MixtureDiscreteEulerSolver
-    from flow_matching.utils import ModelWrapper
-
-    vocabulary = 3 if method.family == "dfm_mask" else 2
-
-    class Probabilities(ModelWrapper):  # Meta's solver wants p(x_1 | x_t) over the vocabulary, (n, 784, K)
-        def forward(self, x, t, **extras):
-            logit = self.model(discrete_inputs(method, x.view(n, 1, 28, 28)), (1 - t) * 1000, return_dict=False)[0]
-            logit = logit.flatten(1)
-            logits = [torch.zeros_like(logit), logit] + ([torch.full_like(logit, -math.inf)] if vocabulary == 3 else [])
-            return torch.stack(logits, dim=-1).softmax(-1)
-
-    torch.manual_seed(seed)  # the solver draws from the global generator
-    source = (torch.full((n, 784), MASK) if method.family == "dfm_mask" else torch.randint(0, 2, (n, 784)))
-    solver = MixtureDiscreteEulerSolver(model=Probabilities(model), path=MixtureDiscreteProbPath(
-        PolynomialConvexScheduler(n=1)), vocabulary_size=vocabulary)
-    state = solver.sample(x_init=source, step_size=None, time_grid=torch.linspace(0, 1, nfe + 1))
-    return state.view(n, 1, 28, 28).float()
-

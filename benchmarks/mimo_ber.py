@@ -1,7 +1,7 @@
 """BER versus SNR of MIMO detectors: ZF, LMMSE, EP, ML, K-best and conditional binary flow matching (ours).
 
-    python benchmarks/mimo_ber.py                 # full run: trains the models it lacks, then measures
-    python benchmarks/mimo_ber.py --smoke         # seconds: tiny systems and models, a few thousand bits
+    python -m benchmarks.mimo_ber                 # full run: trains the models it lacks, then measures
+    python -m benchmarks.mimo_ber --smoke         # seconds: tiny systems and models, a few thousand bits
 
 Systems: 4x4 QPSK (8 bits per channel use; exhaustive ML is the reference) and 16x16 QPSK (32 bits; K-best). Our
 models (BCE x-loss, MSE x-loss and the misaligned x-prediction + v-loss) are trained by
@@ -39,6 +39,8 @@ from diffusers_binflow.mimo import (
 from diffusers_binflow.mimo.evaluation import measure_ber
 from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
 
+from .reporting import command_line, pyplot, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "train_scripts" / "train_mimo.py"
 TARGET_BER = 1e-3
@@ -58,7 +60,7 @@ def systems(smoke: bool) -> list[dict]:
     if smoke:
         return [
             dict(name="2x2 QPSK", num_tx=2, num_rx=2, modulation="qpsk", snr_db=[4.0, 12.0],
-                 classic=["zf", "lmmse", "ep", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"],
+                 classic=["zf", "lmmse", "ep", "ml", "kbest-4"], recipes=["bce", "mse"],
                  ours=[(1, 1, "mean"), (2, 4, "likelihood")],
                  train=["--max_train_steps", "3"]),
         ]
@@ -106,9 +108,10 @@ def snr_at_target(points: list[dict], target: float = TARGET_BER) -> float | Non
     return None
 
 
-def run(args) -> dict:
+def run(args, argv=None) -> dict:
+    """Train what is missing, then measure every selected detector; `argv` is recorded in the command."""
     start = time.perf_counter()
-    result = {"command": "python " + shlex.join(["benchmarks/mimo_ber.py", *sys.argv[1:]]),
+    result = {"command": command_line(__spec__.name, argv),
               "config": {"smoke": args.smoke, "min_errors": args.min_errors, "max_bits": args.max_bits,
                          "max_seconds": args.max_seconds, "batch_size": args.batch_size, "target_ber": TARGET_BER,
                          "snr_definition": "SNR per receive antenna = num_tx * Es / N0; Es = 1 per complex symbol, "
@@ -157,7 +160,7 @@ def run(args) -> dict:
     return result
 
 
-def write_markdown(result: dict, path: Path):
+def markdown(result: dict) -> str:
     lines = [f"# MIMO detection: BER vs SNR ({'smoke' if result['config']['smoke'] else 'full'} run)", "",
              f"Command: `{result['command']}` — wall time {result['wall_seconds']} s on {result['machine']['platform']}"
              f" ({result['machine']['cpu_count']} CPU cores, {result['machine']['torch_threads']} torch thread(s), torch {result['machine']['torch']}).", "",
@@ -185,15 +188,11 @@ def write_markdown(result: dict, path: Path):
             lines.append(f"| ours-{recipe} | {model['optimizer_steps']} | {model['train_seconds']} | "
                          f"{model['num_parameters']} | {model['final_training_loss']} | `{model['command']}` |")
         lines.append("")
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
-def write_plot(result: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(result: dict, path: Path):
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(result["systems"]), figsize=(6 * len(result["systems"]), 4.5), squeeze=False)
     for ax, entry in zip(axes[0], result["systems"]):
         for name in dict.fromkeys(p["detector"] for p in entry["points"]):
@@ -227,13 +226,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.smoke:
         args.max_bits, args.batch_size, args.max_seconds = min(args.max_bits, 4096), min(args.batch_size, 256), 5.0
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    result = run(args)
-    (output_dir / "mimo_ber.json").write_text(json.dumps(result, indent=2))
-    write_markdown(result, output_dir / "mimo_ber.md")
-    write_plot(result, output_dir / "mimo_ber.png")
-    print((output_dir / "mimo_ber.md").read_text())
+    result = run(args, argv)
+    write_results(Path(args.output_dir), "mimo_ber", result, markdown(result), lambda path: plot(result, path))
+    print(markdown(result))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Peers at equal budget on binarized digits: sample quality against the number of network evaluations (NFE).
 
-    python benchmarks/peers_digits.py [--steps 1000] [--batch_size 32] [--seeds 1] [--num_samples 500]
-    python benchmarks/peers_digits.py --smoke --output_dir /tmp/peers     # tiny sizes, seconds (the test runs this)
+    python -m benchmarks.peers_digits [--steps 1000] [--batch_size 32] [--seeds 1] [--num_samples 500]
+    python -m benchmarks.peers_digits --smoke --output_dir /tmp/peers     # tiny sizes, seconds (the test runs this)
 
 Every method trains the same UNet2DModel body with the same optimiser, steps, batch, data order and seed (see
 `digit_runs.py`; runs are shared with `alignment_digits.py` through --cache_dir), then generates --num_samples
@@ -11,7 +11,8 @@ uniform-flip discrete diffusion with diffusers' DiscreteDDIMScheduler (temperatu
 with Meta's `flow_matching` package (uniform and mask sources; ``pip install -e .[peers]``, skipped with a note
 when it is missing). Reports the Fréchet distance in our digit classifier's feature space (also as a multiple of
 the real-data floor for as many real digits), precision / recall, and seconds per sample (generation wall time on
-this machine, one thread).
+this machine, one thread). A (method, seed, NFE) whose sampling the scheduler refuses (a non-finite estimate) has
+no scores and is counted as failed.
 
 Writes peers_digits.json, .md and .png (FD and seconds per sample against NFE) into --output_dir.
 """
@@ -24,15 +25,17 @@ import time
 from pathlib import Path
 
 import torch
-from digit_runs import METHODS, generate, run_dir, train
-from reporting import command_line, machine, mean_std, pyplot, run_jobs, write_results
 
 from diffusers_binflow.metrics import DigitMetrics
+
+from .digit_runs import METHODS, generate, run_dir, train
+from .reporting import command_line, failed_note, machine, mean_std, pyplot, run_jobs, sample_or_failure, write_results
 
 DEFAULT_OURS = ("x-mse-ln",)  # the library's default recipe (FlowLossConfig())
 PEERS = ("jit", "rf-fm-euler", "uniform-flip", "dfm-uniform", "dfm-mask")
 NEEDS_META = ("dfm-uniform", "dfm-mask")
 NFES = (1, 2, 4, 8, 16, 32, 64)
+SCORES = ("fd", "precision", "recall", "class_coverage")
 
 
 def evaluate(job) -> dict:
@@ -49,11 +52,11 @@ def evaluate(job) -> dict:
         if nfe in per_nfe:
             continue
         start = time.perf_counter()
-        bits = generate(run, args.num_samples, nfe, seed=10_000 * (seed + 1))
+        bits, failed = sample_or_failure(lambda: generate(run, args.num_samples, nfe, seed=10_000 * (seed + 1)))
         seconds = time.perf_counter() - start
-        scores = metrics(bits)
-        per_nfe[nfe] = {"fd": scores["fd"], "precision": scores["precision"], "recall": scores["recall"],
-                        "class_coverage": scores["class_coverage"], "seconds_per_sample": seconds / args.num_samples}
+        scores = dict.fromkeys(SCORES) if bits is None else metrics(bits)
+        per_nfe[nfe] = {**{k: scores[k] for k in SCORES}, "seconds_per_sample": seconds / args.num_samples,
+                        "sampling_failed": failed}
         cache.write_text(json.dumps(per_nfe))
     per_nfe = {nfe: per_nfe[nfe] for nfe in args.nfes}
     return {"key": key, "seed": seed, "diverged": run.record["diverged"], "train_seconds": run.record["train_seconds"],
@@ -64,7 +67,10 @@ def summarize(key: str, runs: list[dict], nfes) -> dict:
     return {
         "key": key, "name": METHODS[key].name, "n_seeds": len(runs), "n_diverged": sum(r["diverged"] for r in runs),
         "train_seconds": mean_std([r["train_seconds"] for r in runs]),
-        "per_nfe": {nfe: {m: mean_std([r["per_nfe"][nfe][m] for r in runs]) for m in runs[0]["per_nfe"][nfe]}
+        "per_nfe": {nfe: {**{m: mean_std([r["per_nfe"][nfe][m] for r in runs])
+                                for m in (*SCORES, "seconds_per_sample")},
+                          # scores cached before failures were recorded have no "sampling_failed"
+                          "n_failed": sum(r["per_nfe"][nfe].get("sampling_failed") is not None for r in runs)}
                     for nfe in nfes},
     }
 
@@ -87,7 +93,8 @@ def markdown(result: dict) -> str:
         cells = []
         for n in nfes:
             fd = c["per_nfe"][n]["fd"]["mean"]
-            cells.append("n/a" if fd is None else f"{fd:.1f} ({fd / floor['fd']:.1f}x)")
+            cells.append(("n/a" if fd is None else f"{fd:.1f} ({fd / floor['fd']:.1f}x)")
+                         + failed_note(c["per_nfe"][n]["n_failed"], c["n_seeds"]))
         lines.append(f"| {c['name']} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds per sample (generation, one thread):", "", header, rule]
     for c in result["methods"]:
@@ -97,7 +104,8 @@ def markdown(result: dict) -> str:
     for c in result["methods"]:
         scores = [c["per_nfe"][n] for n in nfes]
         lines.append(f"| {c['name']} | " + " | ".join(
-            f"{s['precision']['mean']:.2f} / {s['recall']['mean']:.2f}" for s in scores) + " |")
+            "n/a" if s["precision"]["mean"] is None else f"{s['precision']['mean']:.2f} / {s['recall']['mean']:.2f}"
+            for s in scores) + " |")
     return "\n".join(lines)
 
 
@@ -150,7 +158,7 @@ def main(argv=None):
     runs = run_jobs(evaluate, jobs, args.workers, lambda run, i, total: report(run, i, total, start))
     floor = DigitMetrics(num_samples=args.num_samples).floor(args.num_samples, seed=0)
     result = {
-        "command": command_line(argv), "machine": machine(), "wall_seconds": time.perf_counter() - start,
+        "command": command_line(__spec__.name, argv), "machine": machine(), "wall_seconds": time.perf_counter() - start,
         "config": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds,
                    "num_samples": args.num_samples, "nfes": args.nfes, "ours": args.ours,
                    "parameters": runs[0]["parameters"], "smoke": args.smoke},
@@ -164,7 +172,7 @@ def main(argv=None):
 
 
 def report(run: dict, i: int, total: int, start: float):
-    fds = ", ".join(f"{nfe}: {v['fd']:.1f}" for nfe, v in run["per_nfe"].items())
+    fds = ", ".join(f"{nfe}: " + ("n/a" if v["fd"] is None else f"{v['fd']:.1f}") for nfe, v in run["per_nfe"].items())
     print(f"[{i}/{total} {time.perf_counter() - start:.0f}s] {run['key']} seed {run['seed']}: FD by NFE {fds}",
           flush=True)
 

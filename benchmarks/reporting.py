@@ -1,4 +1,4 @@
-"""Summaries and file output shared by the benchmark scripts."""
+"""Summaries, recorded command lines, failed seeds and file output: the reporting shared by the benchmark scripts."""
 
 import json
 import math
@@ -20,9 +20,25 @@ def mean_std(values) -> dict:
 
 
 def fmt(stat: dict, digits: int = 4) -> str:
+    """A `mean_std` as "mean ± std", or "n/a" when it had no finite values."""
     if stat["mean"] is None:
         return "n/a"
     return f"{stat['mean']:.{digits}g} ± {stat['std']:.2g}"
+
+
+def failed_note(failed: int, total: int) -> str:
+    """" (k of n seeds failed)" after a score when k > 0 seeds have none, else nothing."""
+    return f" ({failed} of {total} seeds failed)" if failed else ""
+
+
+def sample_or_failure(sample):
+    """``(sample(), None)``, or ``(None, message)`` when sampling raises a `ValueError` (the scheduler's and pipeline's
+    refusal of a non-finite estimate), so that one failed seed is recorded instead of ending the run."""
+    try:
+        return sample(), None
+    except ValueError as error:
+        print(f"sampling failed: {error}", flush=True)
+        return None, str(error)
 
 
 def small_sigma_slope(bins: list[dict]) -> float | None:
@@ -48,12 +64,14 @@ def clean_json(obj):
     return obj
 
 
-def command_line(argv=None) -> str:
-    """The command that ran this script, quoted for a shell."""
-    return "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+def command_line(module: str, argv=None) -> str:
+    """The command that runs benchmark `module` (e.g. "benchmarks.cost") with `argv` (default: this process's
+    arguments), quoted for a shell."""
+    return "python -m " + shlex.join([module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def machine() -> str:
+    """The machine in words: CPU cores and torch version."""
     return f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 

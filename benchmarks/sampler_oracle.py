@@ -1,6 +1,6 @@
 """How exact is the sampler itself? Feed it the exact posterior mean of known binary distributions.
 
-    python benchmarks/sampler_oracle.py [--num_samples 20000] [--output_dir benchmarks/results]
+    python -m benchmarks.sampler_oracle [--num_samples 20000] [--output_dir benchmarks/results]
 
 Prints and records (JSON + Markdown): the largest bit-marginal error on a 16-bit product Bernoulli, the
 prototype frequencies of a 4-prototype mixture (Euler and Heun, several step counts), and the largest
@@ -8,7 +8,6 @@ difference between our velocity/Euler trajectory and diffusers' FlowMatchEulerDi
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from diffusers_binflow import BinaryFlowMatchScheduler
 from diffusers_binflow.synthetic import ProductBernoulliMixture
+
+from .reporting import write_results
 
 
 def integrate(scheduler, model, noise):
@@ -63,11 +64,11 @@ def flow_match_euler_gap(steps=50):
     return gap
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_samples", type=int, default=20000)
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     rows = []
     for solver in ("euler", "heun"):
@@ -91,9 +92,7 @@ def main():
               f"{result['flow_match_euler_max_abs_gap']:.2e}.", f"Wall time: {result['wall_seconds']} s."]
     report = "\n".join(lines)
     print(report)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "sampler_oracle.json").write_text(json.dumps(result, indent=2))
-    (args.output_dir / "sampler_oracle.md").write_text(report + "\n")
+    write_results(args.output_dir, "sampler_oracle", result, report)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
-"""Sampler variants on one trained digit model: does a different integration of the same network lower FD?
+"""Samplers and data-end candidates on trained digit models: FD against NFE, speckle and the data-end bit error.
 
-    python benchmarks/sampler_variants.py [--method x-mse-ln] [--seeds 0 1 2] [--nfes 8 16] [--num_samples 500]
-    python benchmarks/sampler_variants.py --variants "Euler (default)" "corrector, s_churn 4" --nfes 4 8 16 32 64
-    python benchmarks/sampler_variants.py --smoke --output_dir /tmp/sv     # tiny sizes, seconds (the test runs this)
+    python -m benchmarks.sampler_variants [--methods x-mse-ln] [--seeds 0 1 2] [--nfes 8 16] [--num_samples 500]
+    python -m benchmarks.sampler_variants --variants "Euler (default)" "corrector, s_churn 4" --nfes 4 8 16 32 64
+    python -m benchmarks.sampler_variants --methods x-mse-ln x-mse-ln-mix lr-bce-ln --seeds 0 --nfes 8 64
+    python -m benchmarks.sampler_variants --smoke --output_dir /tmp/sv     # tiny sizes, seconds (the test runs this)
 
-Loads (or trains) the runs of `--method` that the digit benchmarks cache (`digit_runs.py`: same body, steps and
-batch; one run per seed), then draws `--num_samples` digits with `BinaryFlowPipeline` under each
+Loads (or trains) the runs of each of `--methods` that the digit benchmarks cache (`digit_runs.py`: same body,
+steps and batch; one run per seed), then draws `--num_samples` digits with `BinaryFlowPipeline` under each
 `BinaryFlowMatchScheduler` setting in `VARIANTS` and scores them like `peers_digits.py` (FD in our classifier's
-feature space, precision, recall; the same generator seed for every variant of a run). NFE counts network
-evaluations: Heun with N steps takes 2N - 1, so it runs with the largest N that fits the budget. Reports mean +- std
-over the seeds. Writes sampler_variants.json and .md.
+feature space, precision, recall, the speckle rate; the same generator seed for every variant of a run). NFE counts
+network evaluations: Heun with N steps takes 2N - 1, so it runs with the largest N that fits the budget. Each run's
+data-end bit error (`diagnostics.data_end_bit_errors`: the share of wrong-sign bits of x_hat on held-out digits
+noised to sigma 0.05 / 0.1 / 0.2, next to sign(x_sigma)'s) shows what the recipe does at the data end. Reports mean
++- std over the seeds; a seed whose sampling the scheduler refuses (a non-finite estimate) has no scores and is
+counted as failed. Writes sampler_variants.json and .md.
 """
 
 import argparse
@@ -17,11 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from digit_runs import METHODS, steps_for, train
-from reporting import command_line, fmt, machine, mean_std, write_results
 
-from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
+from diffusers_binflow.diagnostics import data_end_bit_errors
 from diffusers_binflow.metrics import DigitMetrics
+from diffusers_binflow.metrics.digits import digit_bits
+
+from .digit_runs import METHODS, flow_pipeline, steps_for, train
+from .reporting import command_line, failed_note, fmt, machine, mean_std, sample_or_failure, write_results
 
 VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     "Euler (default)": {},
@@ -29,15 +35,80 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     "stochastic (ancestral) Euler": {"stochastic_sampling": True},
     # The stochastic corrector (EDM's churn) in the window sigma in [0.05, 0.7]; gamma = s_churn / N per step.
     **{f"corrector, s_churn {c:g}": {"s_churn": float(c), "s_tmin": 0.05, "s_tmax": 0.7} for c in (2, 4, 8, 16)},
+    # The grid's timestep shift (sigma -> shift sigma / (1 + (shift - 1) sigma)): > 1 puts more steps near noise.
+    **{f"Euler, shift {shift:g}": {"shift": float(shift)} for shift in (0.5, 2)},
 }
+DATA_END_SIGMAS = (0.05, 0.1, 0.2)
+DATA_END_DIGITS = 2000  # held-out digits noised for the data-end bit error
 DEFAULT_VARIANTS = ["Euler (default)", "Heun", "stochastic (ancestral) Euler", "corrector, s_churn 4"]
 SCORES = ("fd", "precision", "recall", "speckle_rate")
+
+
+def data_end(run) -> list[dict]:
+    """The run's data-end bit errors on the first `DATA_END_DIGITS` held-out digits (fixed noise)."""
+    return data_end_bit_errors(run.model, digit_bits("heldout")[:DATA_END_DIGITS], run.method.prediction_type,
+                               DATA_END_SIGMAS, generator=torch.Generator().manual_seed(0),
+                               self_conditioning=run.method.self_conditioning)
+
+
+def sample_rows(method, runs, args, metrics) -> list[dict]:
+    """One row per (variant, NFE budget) for the runs (seeds) of `method`."""
+    rows = []
+    for name in args.variants:
+        options = VARIANTS[name]
+        for nfe in args.nfes:
+            steps = steps_for(options.get("solver", "euler"), nfe)
+            per_seed = []
+            for run in runs:
+                pipeline = flow_pipeline(run, **options)
+                bits, failed = sample_or_failure(lambda: pipeline(
+                    batch_size=args.num_samples, num_inference_steps=steps, output_type="pt",
+                    generator=torch.Generator().manual_seed(10_000 * (run.seed + 1))).images)
+                scores = dict.fromkeys(SCORES) if bits is None else metrics(bits)
+                per_seed.append({"seed": run.seed, "failed": failed, **{k: scores[k] for k in SCORES}})
+                if failed is None:
+                    print(f"{method.key} | {name}, {steps} steps, seed {run.seed}: FD {scores['fd']:.2f}, speckle "
+                          f"{scores['speckle_rate']:.5f}", flush=True)
+            rows.append({"method": method.key, "variant": name, "options": options, "nfe_budget": nfe,
+                         "steps": steps, "nfe": 2 * steps - 1 if options.get("solver") == "heun" else steps,
+                         "per_seed": per_seed, "failed_seeds": sum(r["failed"] is not None for r in per_seed),
+                         **{k: mean_std([r[k] for r in per_seed]) for k in SCORES}})
+    return rows
+
+
+def markdown(result: dict, floor: dict) -> str:
+    cfg = result["config"]
+    lines = [f"Command: `{result['command']}`  ",
+             f"Machine: {result['machine']}; wall time {result['wall_seconds']:.0f} s.  ",
+             f"Models: the cached runs of {', '.join(f'`{m}`' for m in cfg['methods'])}, seeds {cfg['seeds']}, "
+             f"{cfg['steps']} steps x batch {cfg['batch_size']}; {cfg['num_samples']} samples per (run, row); "
+             f"real-data floor FD {floor['fd']:.2f}, real speckle rate {floor['speckle_rate']:.5f}.",
+             "", "| method | sampler | NFE | FD (mean ± std over seeds) | FD / floor | per seed | precision / recall "
+             "| speckle / real |", "|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        per_seed = " / ".join("failed" if r["fd"] is None else f"{r['fd']:.1f}" for r in row["per_seed"])
+        fd = f"{fmt(row['fd'], 3)}{failed_note(row['failed_seeds'], len(row['per_seed']))}"
+        if row["fd"]["mean"] is None:  # every seed failed
+            lines.append(f"| {row['method']} | {row['variant']} | {row['nfe']} | {fd} | | {per_seed} | | |")
+            continue
+        lines.append(f"| {row['method']} | {row['variant']} | {row['nfe']} | {fd} | "
+                     f"{row['fd']['mean'] / floor['fd']:.1f}x | {per_seed} | "
+                     f"{row['precision']['mean']:.2f} / {row['recall']['mean']:.2f} | "
+                     f"{row['speckle_rate']['mean'] / floor['speckle_rate']:.1f}x |")
+    lines += ["", f"Data-end bit error: share of wrong-sign bits of x_hat on {DATA_END_DIGITS} held-out digits noised "
+              "to sigma (mean over seeds); sign(x_sigma) alone gets the last column wrong.", "",
+              "| method | " + " | ".join(f"sigma {s:g}" for s in DATA_END_SIGMAS) + " | sign(x_sigma), sigma "
+              f"{DATA_END_SIGMAS[-1]:g} |", "|---" * (len(DATA_END_SIGMAS) + 2) + "|"]
+    for key, errors in result["data_end"].items():
+        lines.append(f"| {key} | " + " | ".join(f"{e['model_bit_error']['mean']:.5f}" for e in errors)
+                     + f" | {errors[-1]['likelihood_bit_error']['mean']:.5f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     trained_flows = sorted(k for k, m in METHODS.items() if m.sampler == "binary_flow" and not m.trained_as)
-    parser.add_argument("--method", choices=trained_flows, default="x-mse-ln")
+    parser.add_argument("--methods", nargs="+", choices=trained_flows, default=["x-mse-ln"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -52,49 +123,26 @@ def main(argv=None):
         args.steps, args.batch_size, args.num_samples, args.nfes, args.seeds = 20, 8, 200, [3], [0]
     torch.set_num_threads(1)
     start = time.perf_counter()
-    method = METHODS[args.method]
     metrics = DigitMetrics(num_samples=args.num_samples)
-    runs = [train(method, seed, args.steps, args.batch_size, args.cache_dir) for seed in args.seeds]
-    rows = []
-    for name in args.variants:
-        options = VARIANTS[name]
-        for nfe in args.nfes:
-            steps = steps_for(options.get("solver", "euler"), nfe)
-            per_seed = []
-            for run in runs:
-                scheduler = BinaryFlowMatchScheduler(prediction_type=method.prediction_type, **options)
-                pipeline = BinaryFlowPipeline(unet=run.model, scheduler=scheduler)
-                pipeline.set_progress_bar_config(disable=True)
-                bits = pipeline(batch_size=args.num_samples, num_inference_steps=steps, output_type="pt",
-                                generator=torch.Generator().manual_seed(10_000 * (run.seed + 1))).images
-                scores = metrics(bits)
-                per_seed.append({"seed": run.seed, **{k: scores[k] for k in SCORES}})
-                print(f"{name}, {steps} steps, seed {run.seed}: FD {scores['fd']:.2f}, speckle "
-                      f"{scores['speckle_rate']:.5f}", flush=True)
-            rows.append({"variant": name, "options": options, "nfe_budget": nfe, "steps": steps,
-                         "nfe": 2 * steps - 1 if options.get("solver") == "heun" else steps, "per_seed": per_seed,
-                         **{k: mean_std([r[k] for r in per_seed]) for k in SCORES}})
+    rows, errors = [], {}
+    for key in args.methods:
+        method = METHODS[key]
+        runs = [train(method, seed, args.steps, args.batch_size, args.cache_dir) for seed in args.seeds]
+        per_seed = [data_end(run) for run in runs]
+        errors[key] = [{"sigma": sigma, **{k: mean_std([seed[i][k] for seed in per_seed])
+                                           for k in ("model_bit_error", "likelihood_bit_error")}}
+                       for i, sigma in enumerate(DATA_END_SIGMAS)]
+        rows += sample_rows(method, runs, args, metrics)
     floor = metrics.floor(args.num_samples, seed=0)
-    result = {"command": command_line(argv), "machine": machine(), "wall_seconds": time.perf_counter() - start,
-              "config": {"method": args.method, "seeds": args.seeds, "steps": args.steps,
+    result = {"command": command_line(__spec__.name, argv), "machine": machine(),
+              "wall_seconds": time.perf_counter() - start,
+              "config": {"methods": args.methods, "seeds": args.seeds, "steps": args.steps,
                          "batch_size": args.batch_size, "num_samples": args.num_samples, "nfes": args.nfes,
                          "variants": args.variants, "smoke": args.smoke},
-              "floor_fd": floor["fd"], "rows": rows}
-    lines = [f"Command: `{result['command']}`  ",
-             f"Machine: {result['machine']}; wall time {result['wall_seconds']:.0f} s.  ",
-             f"Model: the cached `{args.method}` runs ({method.name}), seeds {args.seeds}, {args.steps} steps x batch "
-             f"{args.batch_size}; {args.num_samples} samples per (run, row); real-data floor FD {floor['fd']:.2f}, "
-             f"real speckle rate {floor['speckle_rate']:.5f}.",
-             "", "| sampler | NFE | FD (mean ± std over seeds) | FD / floor | per seed | precision / recall | speckle / real |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        per_seed = " / ".join(f"{r['fd']:.1f}" for r in row["per_seed"])
-        lines.append(f"| {row['variant']} | {row['nfe']} | {fmt(row['fd'], 3)} | "
-                     f"{row['fd']['mean'] / floor['fd']:.1f}x | {per_seed} | "
-                     f"{row['precision']['mean']:.2f} / {row['recall']['mean']:.2f} | "
-                     f"{row['speckle_rate']['mean'] / floor['speckle_rate']:.1f}x |")
-    write_results(args.output_dir, "sampler_variants", result, "\n".join(lines))
-    print("\n".join(lines))
+              "floor_fd": floor["fd"], "floor_speckle_rate": floor["speckle_rate"], "rows": rows, "data_end": errors}
+    table = markdown(result, floor)
+    write_results(args.output_dir, "sampler_variants", result, table)
+    print(table)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Exact validity of generated sequences against the number of function evaluations (NFE): binary flow matching
 through bits vs a same-budget discrete-diffusion baseline, on the bundled arithmetic task ("17+25=42").
 
-    python benchmarks/sequence_validity.py [--max_operand 19] [--steps 2500] [--output_dir benchmarks/results]
-    python benchmarks/sequence_validity.py --smoke --output_dir /tmp/seq      # tiny sizes, seconds (the test runs this)
+    python -m benchmarks.sequence_validity [--max_operand 19] [--steps 2500] [--output_dir benchmarks/results]
+    python -m benchmarks.sequence_validity --smoke --output_dir /tmp/seq      # tiny sizes, seconds (the test runs this)
 
 Data: every statement ``a+b=c`` with ``a, b`` in [0, --max_operand]; a fixed 10% of them is held out of training,
 so "novel" = valid and not a training statement. Character tokenizer ([PAD], [UNK], digits, "+", "="), sequences
@@ -19,8 +19,9 @@ learning rate, data order and one CPU thread; they differ only in what a positio
   temperature 1.0). This is diffusers' discrete diffusion sampler; it is a uniform-noise, not a masked, process.
 
 Per method and NFE: the valid fraction of --num_samples sequences (exact checker) with its standard error, the
-novel-valid fraction, distinct valid statements, and seconds per sample. Writes sequence_validity.json,
-sequence_validity.md and sequence_validity.png into --output_dir.
+novel-valid fraction, distinct valid statements, and seconds per sample. A non-finite training loss stops that
+method's training (recorded as diverged); an NFE whose sampling the scheduler refuses is recorded as failed.
+Writes sequence_validity.json, sequence_validity.md and sequence_validity.png into --output_dir.
 """
 
 import argparse
@@ -28,7 +29,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -47,6 +47,9 @@ from diffusers_binflow.sequences import (
     train_tokenizer,
 )
 from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+
+from .reporting import command_line, pyplot, sample_or_failure, write_results
+from .training_loop import train_loop
 
 NUM_TRAIN_TIMESTEPS = 1000
 METHODS = {
@@ -90,36 +93,37 @@ def sample_d3pm(model, num_samples: int, length: int, vocab_size: int, nfe: int,
     return tokens
 
 
-def train(method: dict, model, token_ids: torch.Tensor, vocab_size: int, args) -> dict:
-    """Adam with a short warm-up, the same data order and seeds for every method; returns the loss curve."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    warmup = max(1, args.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    data_generator = torch.Generator().manual_seed(args.seed)
-    noise_generator = torch.Generator().manual_seed(args.seed + 1)
-    config = FlowLossConfig(prediction_type=method.get("prediction_type", "logits"),
-                            loss_type=method.get("loss_type", "bce"), timestep_sampling="uniform",
-                            num_train_timesteps=NUM_TRAIN_TIMESTEPS)
-    curve, start, running = [], time.perf_counter(), None
-    model.train()
-    for step in range(1, args.steps + 1):
-        batch = token_ids[torch.randint(0, len(token_ids), (args.batch_size,), generator=data_generator)]
-        if method["kind"] == "bits":
-            loss = flow_matching_loss(model, model.codec.encode(batch), config, generator=noise_generator).loss
-        else:
-            loss = uniform_corruption_loss(model, batch, vocab_size, noise_generator)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % max(1, args.steps // 20) == 0 or step == args.steps:
-            curve.append({"step": step, "loss_ema": round(running, 5), "seconds": round(time.perf_counter() - start, 1)})
-            print(f"  step {step}: loss {running:.4f} ({curve[-1]['seconds']} s)", flush=True)
-    model.eval()
-    return {"train_seconds": round(time.perf_counter() - start, 1), "final_loss_ema": round(running, 5),
-            "loss_curve": curve}
+def method_loss(method: dict, vocab_size: int):
+    """The loss of `train_loop` for `method`: the library's loss on the bits of the token ids, or the baseline's."""
+    if method["kind"] != "bits":
+        return lambda model, batch, generator: uniform_corruption_loss(model, batch, vocab_size, generator)
+    config = FlowLossConfig(prediction_type=method["prediction_type"], loss_type=method["loss_type"],
+                            timestep_sampling="uniform", num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+    return lambda model, batch, generator: flow_matching_loss(model, model.codec.encode(batch), config,
+                                                              generator=generator).loss
+
+
+def train(method: dict, token_ids: torch.Tensor, vocab_size: int, length: int, args):
+    """Adam with a short warm-up and clipping, the same initial backbone, data order and seeds for every method.
+    Returns the trained model and its record (loss curve: an EMA of the loss every 5% of the steps)."""
+    curve, running, start = [], None, time.perf_counter()
+    every = max(1, args.steps // 20)
+
+    def observe(step: int, value: float, _):
+        nonlocal running
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if (step + 1) % every == 0 or step + 1 == args.steps:
+            curve.append({"step": step + 1, "loss_ema": round(running, 5),
+                          "seconds": round(time.perf_counter() - start, 1)})
+            print(f"  step {step + 1}: loss {running:.4f} ({curve[-1]['seconds']} s)", flush=True)
+
+    training = train_loop(lambda: build_model(method, vocab_size, length, args), method_loss(method, vocab_size),
+                          lambda generator: token_ids[torch.randint(0, len(token_ids), (args.batch_size,),
+                                                                    generator=generator)],
+                          args.steps, seed=args.seed, noise_seed=args.seed + 1, lr=args.learning_rate,
+                          warmup_steps=max(1, args.steps // 20), max_grad_norm=1.0, observe=observe)
+    return training.model, {"train_seconds": round(training.train_seconds, 1), "diverged": training.diverged,
+                            "final_loss_ema": None if running is None else round(running, 5), "loss_curve": curve}
 
 
 def evaluate(method: dict, model, tokenizer, task, train_texts: set, length: int, nfe: int, args) -> dict:
@@ -132,7 +136,11 @@ def evaluate(method: dict, model, tokenizer, task, train_texts: set, length: int
             scheduler = BinaryFlowMatchScheduler(prediction_type=method["prediction_type"])
             pipe = BinaryFlowSequencePipeline(denoiser=model, scheduler=scheduler, tokenizer=tokenizer)
             pipe.set_progress_bar_config(disable=True)
-            texts += pipe(batch_size=n, num_inference_steps=nfe, generator=generator).sequences
+            batch, failed = sample_or_failure(
+                lambda: pipe(batch_size=n, num_inference_steps=nfe, generator=generator).sequences)
+            if failed is not None:
+                return {"nfe": nfe, "failed": failed}
+            texts += batch
         else:
             ids = sample_d3pm(model, n, length, len(tokenizer), nfe, generator)
             texts += ids_to_texts(tokenizer, ids)  # as the pipeline decodes: unk stays visible
@@ -146,7 +154,6 @@ def evaluate(method: dict, model, tokenizer, task, train_texts: set, length: int
 
 
 def build_model(method: dict, vocab_size: int, length: int, args):
-    torch.manual_seed(args.seed)  # the same initial backbone for every method
     size = dict(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads)
     if method["kind"] == "bits":
         return BitSequenceTransformer(vocab_size=vocab_size, max_length=length, **size)
@@ -178,7 +185,7 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.combine:
-        write_results(combine([json.loads(Path(path).read_text()) for path in args.combine]), output_dir)
+        write_outputs(combine([json.loads(Path(path).read_text()) for path in args.combine]), output_dir)
         return
     if args.smoke:
         args.max_operand, args.steps, args.batch_size, args.hidden_size, args.num_layers = 9, 4, 16, 32, 1
@@ -193,7 +200,7 @@ def main(argv=None):
     token_ids = tokenize_to_length(tokenizer, train_texts)
     length, vocab_size = token_ids.shape[1], len(tokenizer)
     result = {
-        "command": "python " + " ".join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv)),
+        "command": command_line(__spec__.name, argv),
         "config": {k: v for k, v in vars(args).items() if k != "output_dir"},
         "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "platform": platform.platform()},
@@ -204,22 +211,23 @@ def main(argv=None):
     start = time.perf_counter()
     for name in args.methods:
         method = METHODS[name]
-        model = build_model(method, vocab_size, length, args)
-        print(f"{name}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters", flush=True)
-        entry = {"num_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        entry.update(train(method, model, token_ids, vocab_size, args))
+        print(f"{name}:", flush=True)
+        model, record = train(method, token_ids, vocab_size, length, args)
+        entry = {"num_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad), **record}
+        print(f"  {entry['num_parameters']:,} parameters, diverged: {record['diverged']}", flush=True)
         entry["by_nfe"] = []
         for nfe in args.nfe:
             entry["by_nfe"].append(evaluate(method, model, tokenizer, task, set(train_texts), length, nfe, args))
             row = entry["by_nfe"][-1]
-            print(f"  NFE {nfe}: valid {row['valid_fraction']:.3f}, novel {row['novel_valid_fraction']:.3f}, "
+            print(f"  NFE {nfe}: sampling failed: {row['failed']}" if "failed" in row else
+                  f"  NFE {nfe}: valid {row['valid_fraction']:.3f}, novel {row['novel_valid_fraction']:.3f}, "
                   f"{row['seconds_per_sample'] * 1000:.2f} ms/sample", flush=True)
         result["methods"][name] = entry
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
-        write_results(result, output_dir)
+        write_outputs(result, output_dir)
     result["complete"] = True
-    write_results(result, output_dir)
-    print((output_dir / "sequence_validity.md").read_text())
+    write_outputs(result, output_dir)
+    print(markdown(result))
 
 
 def combine(results: list[dict]) -> dict:
@@ -234,10 +242,9 @@ def combine(results: list[dict]) -> dict:
             "complete": all(len(e["by_nfe"]) == len(settings[0]["nfe"]) for e in methods.values())}
 
 
-def write_results(result: dict, output_dir: Path):
-    (output_dir / "sequence_validity.json").write_text(json.dumps(result, indent=2))
-    (output_dir / "sequence_validity.md").write_text(markdown(result))
-    plot(result, output_dir / "sequence_validity.png")
+def write_outputs(result: dict, output_dir: Path):
+    """sequence_validity.json, .md and .png in `output_dir`."""
+    write_results(output_dir, "sequence_validity", result, markdown(result), lambda path: plot(result, path))
 
 
 def markdown(result: dict) -> str:
@@ -259,29 +266,29 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|" + "---|" * len(config["nfe"]),
     ]
     for name, entry in result["methods"].items():
-        cells = [f"{r['valid_fraction']:.3f} ({r['standard_error']:.3f})" for r in entry["by_nfe"]]
+        cells = ["n/a (sampling failed)" if "failed" in r else f"{r['valid_fraction']:.3f} ({r['standard_error']:.3f})"
+                 for r in entry["by_nfe"]]
         lines.append(f"| {name} | {entry['num_parameters']:,} | {entry['train_seconds']} | {entry['final_loss_ema']} | "
                      + " | ".join(cells) + " |")
     lines += ["", "| method | NFE | valid | novel valid | distinct valid | s/sample | examples |", "|---|---|---|---|---|---|---|"]
     for name, entry in result["methods"].items():
         for r in entry["by_nfe"]:
+            if "failed" in r:
+                lines.append(f"| {name} | {r['nfe']} | n/a (sampling failed) | | | | |")
+                continue
             examples = ", ".join(f"`{t}`" for t in r["examples"][:4])
             lines.append(f"| {name} | {r['nfe']} | {r['valid_fraction']:.3f} | {r['novel_valid_fraction']:.3f} | "
                          f"{r['distinct_valid']} | {r['seconds_per_sample']:.5f} | {examples} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def plot(result: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, entry in result["methods"].items():
-        nfe = [r["nfe"] for r in entry["by_nfe"]]
-        ax.errorbar(nfe, [r["valid_fraction"] for r in entry["by_nfe"]],
-                    yerr=[r["standard_error"] for r in entry["by_nfe"]], marker="o", capsize=3, label=name)
+        rows = [r for r in entry["by_nfe"] if "failed" not in r]
+        ax.errorbar([r["nfe"] for r in rows], [r["valid_fraction"] for r in rows],
+                    yerr=[r["standard_error"] for r in rows], marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("NFE (model evaluations per sample)")
     ax.set_ylabel("exact valid fraction")

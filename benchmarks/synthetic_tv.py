@@ -1,29 +1,36 @@
 """Exact sample quality on enumerable 16-bit distributions: total variation against the finite-sample floor.
 
-    python benchmarks/synthetic_tv.py [--steps 3000] [--batch_size 512] [--seeds 3] [--nfes 16]
-    python benchmarks/synthetic_tv.py --distributions "random [16, 8] code" --nfes 16 64 --s_churn 0 4
-    python benchmarks/synthetic_tv.py --smoke --output_dir /tmp/tv      # tiny sizes, seconds (the test runs this)
+    python -m benchmarks.synthetic_tv [--steps 3000] [--batch_size 512] [--seeds 3] [--nfes 16]
+    python -m benchmarks.synthetic_tv --distributions "random [16, 8] code" --nfes 16 64 --s_churn 0 4
+    python -m benchmarks.synthetic_tv --recipes "x-BCE, uniform" "uniform flip (DiscreteDDIM)" \
+        "discrete FM, uniform source" "discrete FM, mask source"          # against the discrete peers
+    python -m benchmarks.synthetic_tv --smoke --output_dir /tmp/tv      # tiny sizes, seconds (the test runs this)
 
 Distributions (`diffusers_binflow.synthetic`, all 2^16 probabilities by enumeration): a mixture of 8 noisy
 prototypes (product Bernoullis with bit probabilities 0.1 / 0.9), the 4x4 periodic Ising model at temperatures
 1.5 (ordered), 2.269 (critical) and 3.5 (disordered), and uniform codewords of a random [16, 8] linear code.
-Each recipe trains the toy's 2x256 gated MLP (`alignment_toy.GatedMLP`) with Adam (cosine decay), then samples N
+Each recipe trains the toy's 2x256 gated MLP (`alignment_toy.GatedMLP`; `--network transformer`: a small
+`alignment_toy.BitTransformer` over the bit positions, to tell network and method apart) with Adam (cosine
+decay), then samples N
 bits with `BinaryFlowMatchScheduler` (Euler, each of --nfes steps, threshold; with each --s_churn, the stochastic
 corrector in sigma in [0.05, 0.7], 0 = none). N is the larger of --num_samples and the metrics'
 `minimum_samples` (10 samples per effective state). Reported: TV and KL(empirical || exact) next to their floors
 (the same statistic for N exact samples, mean of 5 draws) and TV / floor; for the code, validity rate and
-codeword coverage too.
+codeword coverage too. The discrete peers (`--recipes`, see `discrete_peers.py`) train the same MLP (the mask
+source's takes a mask channel too) with the same optimiser, steps, batch and data, and sample with their own
+samplers at the same NFE. A seed whose training loss turns non-finite stops training there (`diverged`); a seed
+whose sampler refuses a non-finite estimate is recorded as failed (scores null, the scheduler's message kept) and
+the table says how many seeds failed.
 
 Writes synthetic_tv.json and synthetic_tv.md into --output_dir.
 """
 
 import argparse
+import importlib.util
 import time
 from pathlib import Path
 
 import torch
-from alignment_toy import GatedMLP, generate
-from reporting import command_line, fmt, machine, mean_std, write_results
 
 from diffusers_binflow.metrics.distribution import (
     codeword_coverage,
@@ -36,12 +43,26 @@ from diffusers_binflow.metrics.distribution import (
 from diffusers_binflow.synthetic import IsingModel, LinearCode, ProductBernoulliMixture
 from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
 
+from .alignment_toy import BitTransformer, GatedMLP, generate
+from .discrete_peers import input_channels, peer_loss, sample_peer
+from .reporting import command_line, failed_note, fmt, machine, mean_std, sample_or_failure, write_results
+from .training_loop import Training, train_loop
+
 DIM = 16
 RECIPES = {
     "default (x-MSE, logit-normal)": FlowLossConfig(),
     "x-MSE, uniform": FlowLossConfig(timestep_sampling="uniform"),
     "x-BCE, uniform": FlowLossConfig(prediction_type="logits", loss_type="bce", timestep_sampling="uniform"),
 }
+# The discrete peers (`discrete_peers`), same network and budget: name -> family.
+PEERS = {
+    "uniform flip (DiscreteDDIM)": "uniform_flip",
+    "discrete FM, uniform source": "dfm_uniform",
+    "discrete FM, mask source": "dfm_mask",
+}
+NEEDS_META = ("dfm_uniform", "dfm_mask")
+NETWORKS = {"mlp": GatedMLP, "transformer": BitTransformer}  # the same for every method of a run
+NETWORK_NAMES = {"mlp": "2x256 gated MLP", "transformer": "2-layer bit transformer (width 64)"}
 
 
 def distributions() -> dict:
@@ -55,20 +76,19 @@ def distributions() -> dict:
     }
 
 
-def train(distribution, config: FlowLossConfig, steps: int, batch_size: int, seed: int) -> GatedMLP:
-    torch.manual_seed(seed)
-    model = GatedMLP(DIM)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        bits = distribution.sample(batch_size, generator=generator).float()
-        loss = flow_matching_loss(model, bits, config, generator=generator).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-    return model.eval()
+def train(distribution, recipe: str, steps: int, batch_size: int, seed: int, network: str = "mlp") -> Training:
+    """Adam (lr 1e-3, cosine decay) on the recipe's (or peer's) loss; one generator (seeded `seed`) draws each
+    batch, then its loss's noise and sigmas (or corruption)."""
+    if recipe in PEERS:
+        family = PEERS[recipe]
+        build = lambda: NETWORKS[network](DIM, in_dim=input_channels(family, DIM))  # noqa: E731
+        loss = lambda model, bits, generator: peer_loss(family, model, bits, generator)[0]  # noqa: E731
+    else:
+        build = lambda: NETWORKS[network](DIM)  # noqa: E731
+        loss = lambda model, bits, generator: flow_matching_loss(model, bits, RECIPES[recipe],  # noqa: E731
+                                                                 generator=generator).loss
+    return train_loop(build, loss, lambda generator: distribution.sample(batch_size, generator=generator).float(),
+                      steps, seed=seed, cosine_decay=True)
 
 
 def corrector(churn: float) -> dict:
@@ -76,7 +96,14 @@ def corrector(churn: float) -> dict:
     return {"s_churn": churn, "s_tmin": 0.05, "s_tmax": 0.7} if churn else {}
 
 
-def score(distribution, bits: torch.Tensor, min_samples: int | None) -> dict:
+def score_names(distribution) -> tuple[str, ...]:
+    return ("tv", "kl", "validity", "coverage") if isinstance(distribution, LinearCode) else ("tv", "kl")
+
+
+def score(distribution, bits: torch.Tensor | None, min_samples: int | None) -> dict:
+    """The scores of the samples `bits`; all None when there are none (sampling failed)."""
+    if bits is None:
+        return dict.fromkeys(score_names(distribution))
     probabilities = distribution.probabilities()
     scores = {"tv": total_variation(bits, probabilities, min_samples=min_samples),
               "kl": kl_divergence(bits, probabilities, min_samples=min_samples)}
@@ -86,15 +113,32 @@ def score(distribution, bits: torch.Tensor, min_samples: int | None) -> dict:
     return scores
 
 
+def sample_bits(recipe: str, model, n: int, seed: int, nfe: int, churn: float) -> torch.Tensor:
+    """`n` samples (n, DIM) of bits: our flows by Euler (with the corrector at `churn`), a peer by its sampler."""
+    if recipe in PEERS:
+        return sample_peer(PEERS[recipe], model, (DIM,), n, nfe, seed)
+    signal = generate(model, RECIPES[recipe].prediction_type, "bpsk", n, seed=seed, dim=DIM, steps=nfe,
+                      **corrector(churn))
+    return (signal > 0).float()
+
+
+def sample_and_score(distribution, training: Training, recipe: str, n: int, seed: int, nfe: int, churn: float,
+                     min_samples: int | None) -> dict:
+    """One seed's row entry: its scores, whether its training diverged, and the sampler's message if it failed."""
+    bits, failed = sample_or_failure(lambda: sample_bits(recipe, training.model, n, 1000 + seed, nfe, churn))
+    return {"seed": seed, "diverged": training.diverged, "failed": failed, **score(distribution, bits, min_samples)}
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     lines = [
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}; wall time {result['wall_seconds']:.0f} s.  ",
-        f"2x256 gated MLP, {cfg['steps']} Adam steps (lr 1e-3, cosine decay) x batch {cfg['batch_size']}, "
-        f"{cfg['seeds']} seeds; "
-        "Euler (s_churn > 0: with the stochastic corrector in sigma in [0.05, 0.7]). Floors: the same statistic for "
-        "N exact samples (mean of 5 draws).",
+        f"{NETWORK_NAMES[cfg.get('network', 'mlp')]} for every method, {cfg['steps']} Adam steps (lr 1e-3, cosine decay) x batch "
+        f"{cfg['batch_size']}, {cfg['seeds']} seeds; "
+        "our recipes sampled by Euler (s_churn > 0: with the stochastic corrector in sigma in [0.05, 0.7]), the "
+        "peers by their own samplers (`benchmarks/discrete_peers.py`). Floors: the same statistic for N exact samples "
+        "(mean of 5 draws).",
         "",
         "| distribution | N | recipe | NFE | s_churn | TV | TV floor | TV / floor | KL | KL floor | validity | "
         "coverage (floor) |",
@@ -102,12 +146,16 @@ def markdown(result: dict) -> str:
     ]
     for row in result["rows"]:
         code = "validity" in row["scores"]
+        tv_over_floor = row["tv_over_floor"]["mean"]
         lines.append(
             f"| {row['distribution']} | {row['num_samples']} | {row['recipe']} | {row['nfe']} | {row['s_churn']:g} | "
-            f"{fmt(row['scores']['tv'], 3)} | "
-            f"{row['floor']['tv']:.3f} | {row['tv_over_floor']['mean']:.2f} | {fmt(row['scores']['kl'], 3)} | "
+            f"{fmt(row['scores']['tv'], 3)}{failed_note(row['failed_seeds'], len(row['per_seed']))} | "
+            f"{row['floor']['tv']:.3f} | {'n/a' if tv_over_floor is None else f'{tv_over_floor:.2f}'} | "
+            f"{fmt(row['scores']['kl'], 3)} | "
             f"{row['floor']['kl']:.3f} | {fmt(row['scores']['validity'], 3) if code else ''} | "
             + (f"{fmt(row['scores']['coverage'], 3)} ({row['floor']['coverage']:.3f})" if code else "") + " |")
+    if result["skipped"]:
+        lines.append(f"\nSkipped (Meta's `flow_matching` is not installed): {', '.join(result['skipped'])}.")
     return "\n".join(lines)
 
 
@@ -119,19 +167,30 @@ def main(argv=None):
     parser.add_argument("--nfes", type=int, nargs="+", default=[16])
     parser.add_argument("--s_churn", type=float, nargs="+", default=[0.0],
                         help="Stochastic corrector strengths (0 = the deterministic Euler sampler).")
-    parser.add_argument("--distributions", nargs="+", choices=list(distributions()), default=list(distributions()))
+    available = distributions()  # built once: the Ising models enumerate all 2^16 states
+    parser.add_argument("--distributions", nargs="+", choices=list(available), default=list(available))
     parser.add_argument("--num_samples", type=int, default=20_000)
-    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", choices=[*RECIPES, *PEERS],
+                        help="Our recipes and the discrete peers (Meta's need `make peers`) to train and compare "
+                             "(default: our recipes; with --smoke, the first).")
+    parser.add_argument("--network", choices=list(NETWORKS), default="mlp",
+                        help="The denoiser every method trains: the 2x256 gated MLP, or a 2-layer bit transformer.")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--smoke", action="store_true", help="20 steps, 1 seed, 1 recipe, 300 samples")
+    parser.add_argument("--smoke", action="store_true", help="20 steps, 1 seed, 300 samples")
     args = parser.parse_args(argv)
     min_samples = None
+    args.recipes = args.recipes or list(RECIPES)[:1 if args.smoke else None]
     if args.smoke:
-        args.steps, args.batch_size, args.seeds, args.num_samples, args.recipes = 20, 64, 1, 300, args.recipes[:1]
+        args.steps, args.batch_size, args.seeds, args.num_samples = 20, 64, 1, 300
         min_samples = 100  # the smoke run only checks the plumbing, not the estimates
+    have_meta = importlib.util.find_spec("flow_matching") is not None
+    skipped = [r for r in args.recipes if PEERS.get(r) in NEEDS_META and not have_meta]
+    if skipped:
+        print(f"Skipped (Meta's `flow_matching` is not installed; `make peers`): {skipped}", flush=True)
+        args.recipes = [r for r in args.recipes if r not in skipped]
     torch.set_num_threads(1)
     start, rows = time.perf_counter(), []
-    for name, distribution in distributions().items():
+    for name, distribution in available.items():
         if name not in args.distributions:
             continue
         n = args.num_samples if args.smoke else max(args.num_samples, minimum_samples(distribution.probabilities()))
@@ -145,29 +204,29 @@ def main(argv=None):
                 distribution, n, lambda bits, _: codeword_coverage(bits, distribution, min_samples=min_samples),
                 generator=floor_generator)
         for recipe in args.recipes:
-            config = RECIPES[recipe]
-            models = [train(distribution, config, args.steps, args.batch_size, seed) for seed in range(args.seeds)]
+            trainings = [train(distribution, recipe, args.steps, args.batch_size, seed, args.network)
+                         for seed in range(args.seeds)]
             for nfe in args.nfes:
-                for churn in args.s_churn:
-                    per_seed = []
-                    for seed, model in enumerate(models):
-                        with torch.no_grad():
-                            signal = generate(model, config.prediction_type, "bpsk", n, seed=1000 + seed, dim=DIM,
-                                              steps=nfe, **corrector(churn))
-                        per_seed.append(score(distribution, (signal > 0).float(), min_samples))
-                    scores = {k: mean_std([s[k] for s in per_seed]) for k in per_seed[0]}
+                for churn in [0.0] if recipe in PEERS else args.s_churn:  # the corrector is ours
+                    per_seed = [sample_and_score(distribution, training, recipe, n, seed, nfe, churn, min_samples)
+                                for seed, training in enumerate(trainings)]
+                    scores = {k: mean_std([s[k] for s in per_seed]) for k in score_names(distribution)}
+                    failed = sum(s["failed"] is not None for s in per_seed)
                     rows.append({"distribution": name, "recipe": recipe, "nfe": nfe, "s_churn": churn,
                                  "num_samples": n, "floor": floor, "scores": scores,
-                                 "tv_over_floor": mean_std([s["tv"] / floor["tv"] for s in per_seed]),
+                                 "tv_over_floor": mean_std([None if s["tv"] is None else s["tv"] / floor["tv"]
+                                                            for s in per_seed]),
+                                 "failed_seeds": failed, "diverged_seeds": sum(s["diverged"] for s in per_seed),
                                  "per_seed": per_seed})
                     print(f"[{time.perf_counter() - start:.0f}s] {name} | {recipe} | NFE {nfe} | s_churn {churn:g}: "
-                          f"TV {scores['tv']['mean']:.3f} (floor {floor['tv']:.3f})"
-                          + (f", validity {scores['validity']['mean']:.3f}" if "validity" in scores else ""),
+                          f"TV {fmt(scores['tv'], 3)}{failed_note(failed, len(per_seed))} (floor {floor['tv']:.3f})"
+                          + (f", validity {fmt(scores['validity'], 3)}" if "validity" in scores else ""),
                           flush=True)
-    result = {"command": command_line(argv), "machine": machine(), "wall_seconds": time.perf_counter() - start,
-              "config": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "nfes": args.nfes,
+    result = {"command": command_line(__spec__.name, argv), "machine": machine(),
+              "wall_seconds": time.perf_counter() - start,
+              "config": {"network": args.network, "steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "nfes": args.nfes,
                          "s_churn": args.s_churn, "num_samples": args.num_samples, "smoke": args.smoke},
-              "rows": rows}
+              "skipped": skipped, "rows": rows}
     table = markdown(result)
     write_results(args.output_dir, "synthetic_tv", result, table)
     print(table)

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.json"
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+# Run options added after checkpoints were first written, with the value every earlier run had: a checkpoint that
+# does not record one was trained with it.
+OPTIONS_ADDED_LATER = {"self_conditioning": False, "self_conditioning_probability": 0.5, "uniform_fraction": 0.0}
 
 
 def checkpoint_step(folder: Path) -> int:
@@ -72,7 +75,8 @@ def check_checkpoint_matches(folder: Path, script: str, options: dict, num_proce
     state = read_checkpoint_state(folder)
     if state["script"] != script:
         raise ValueError(f"{folder} was written by {state['script']}, not {script}.")
-    differing = {k: (state["options"].get(k), v) for k, v in options.items() if state["options"].get(k) != v}
+    recorded = {**OPTIONS_ADDED_LATER, **state["options"]}
+    differing = {k: (recorded.get(k), v) for k, v in options.items() if recorded.get(k) != v}
     if differing:
         raise ValueError(f"{folder} belongs to a run with other options (checkpoint's vs now): "
                          + ", ".join(f"--{k} {a!r} vs {b!r}" for k, (a, b) in differing.items())

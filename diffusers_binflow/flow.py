@@ -12,6 +12,8 @@ What a network may predict (``prediction_type``):
 
 - ``"sample"``: ``x_hat`` itself;
 - ``"logits"``: per-bit logits ``l`` with ``x_hat = bit_scale * tanh(l / 2)`` (i.e. ``2 * sigmoid(l) - 1``, scaled);
+- ``"likelihood_residual"``: a correction ``r`` to each bit's log-odds given ``x_sigma`` alone, so the logits are
+  ``likelihood_logits(x_sigma, sigma) + r`` (exact at the data end by construction, whatever the network does);
 - ``"velocity"``: ``v = eps - x``, so ``x_hat = x_sigma - sigma * v`` (diffusers calls it ``"flow_prediction"``);
 - ``"epsilon"``: ``eps``, so ``x_hat = (x_sigma - sigma * eps) / (1 - sigma)``.
 """
@@ -21,14 +23,19 @@ import torch
 from .utils import check_choice
 
 
-PREDICTION_TYPES = ("sample", "logits", "velocity", "epsilon")
+PREDICTION_TYPES = ("sample", "logits", "likelihood_residual", "velocity", "epsilon")
 # diffusers' names for the same targets (its multistep schedulers call the flow-matching velocity "flow_prediction").
 PREDICTION_TYPE_ALIASES = {"flow_prediction": "velocity"}
 # Predictions that live in the signal (x) space: the paper's "x-prediction".
-X_PREDICTION_TYPES = ("sample", "logits")
+X_PREDICTION_TYPES = ("sample", "logits", "likelihood_residual")
+# Predictions read as per-bit logits (`bit_logits`), which the cross-entropy loss needs.
+LOGIT_PREDICTION_TYPES = ("logits", "likelihood_residual")
 
 # An epsilon prediction says nothing about x at sigma = 1; its x_hat divides by (1 - sigma), floored here.
 MIN_SIGNAL_FRACTION = 1e-3
+# Likelihood log-odds are capped here: sigmoid(50) is 1 in float32, and the cap keeps x_sigma / sigma^2 finite
+# (an unbounded term would make the cross-entropy inf - inf = NaN as sigma -> 0).
+MAX_LIKELIHOOD_LOGIT = 50.0
 
 
 def check_prediction_type(prediction_type: str) -> str:
@@ -66,6 +73,29 @@ def renoise(sample: torch.Tensor, noise: torch.Tensor, sigma, sigma_up) -> torch
     return scale * sample + (sigma_up**2 - (scale * sigma) ** 2).clamp(min=0).sqrt() * noise
 
 
+def likelihood_logits(sample: torch.Tensor, sigma, bit_scale: float = 1.0) -> torch.Tensor:
+    """Each bit's log-odds given its own coordinate of ``x_sigma`` alone (equal priors): the path's two Gaussians,
+    means ``+-(1 - sigma) * bit_scale`` and std ``sigma``, give ``2 * bit_scale * (1 - sigma) * x_sigma / sigma**2``,
+    capped at +-`MAX_LIKELIHOOD_LOGIT`. `sigma` must be positive."""
+    sigma = expand_sigma(sigma, sample)
+    logits = 2 * bit_scale * (1 - sigma) * sample / sigma**2
+    return logits.nan_to_num(posinf=MAX_LIKELIHOOD_LOGIT, neginf=-MAX_LIKELIHOOD_LOGIT).clamp(
+        -MAX_LIKELIHOOD_LOGIT, MAX_LIKELIHOOD_LOGIT)
+
+
+def bit_logits(model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str,
+               bit_scale: float = 1.0) -> torch.Tensor:
+    """The per-bit logits of a logit prediction (`LOGIT_PREDICTION_TYPES`): the output itself, or the likelihood
+    log-odds plus the output's correction."""
+    prediction_type = check_prediction_type(prediction_type)
+    if prediction_type not in LOGIT_PREDICTION_TYPES:
+        raise ValueError(f"prediction_type={prediction_type!r} has no per-bit logits; use one of "
+                         f"{LOGIT_PREDICTION_TYPES}.")
+    if prediction_type == "logits":
+        return model_output
+    return likelihood_logits(sample, sigma, bit_scale) + model_output
+
+
 def predict_x0(
     model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
 ) -> torch.Tensor:
@@ -73,8 +103,8 @@ def predict_x0(
     prediction_type = check_prediction_type(prediction_type)
     if prediction_type == "sample":
         return model_output
-    if prediction_type == "logits":
-        return bit_scale * torch.tanh(model_output / 2)
+    if prediction_type in LOGIT_PREDICTION_TYPES:
+        return bit_scale * torch.tanh(bit_logits(model_output, sample, sigma, prediction_type, bit_scale) / 2)
     sigma = expand_sigma(sigma, sample)
     if prediction_type == "velocity":
         return sample - sigma * model_output
@@ -105,13 +135,27 @@ def model_output_from_x0(
     prediction_type = check_prediction_type(prediction_type)
     if prediction_type == "sample":
         return x0
-    if prediction_type == "logits":
+    if prediction_type in LOGIT_PREDICTION_TYPES:
         limit = 1 - torch.finfo(torch.float32).eps
-        return 2 * torch.atanh((x0 / bit_scale).clamp(-limit, limit))
+        logits = 2 * torch.atanh((x0 / bit_scale).clamp(-limit, limit))
+        return logits if prediction_type == "logits" else logits - likelihood_logits(sample, sigma, bit_scale)
     sigma = expand_sigma(sigma, sample)
     if prediction_type == "velocity":
         return (sample - x0) / sigma
     return (sample - (1 - sigma) * x0) / sigma  # epsilon
+
+
+def self_conditioned_input(sample: torch.Tensor, x_hat_prev: torch.Tensor | None = None) -> torch.Tensor:
+    """The input of a self-conditioned denoiser (Bit Diffusion, Chen et al. 2022): the noisy `sample` with the
+    previous estimate of the clean signal, `x_hat_prev` (`predict_x0`'s, in signal space; zeros when there is none),
+    appended on the feature axis: dim 1 of images (B, C, H, W), the last dim of sequences (B, L, num_bits) and of
+    MIMO bits (B, num_bits). Such a denoiser takes twice the features it outputs."""
+    if x_hat_prev is None:
+        x_hat_prev = torch.zeros_like(sample)
+    elif x_hat_prev.shape != sample.shape:
+        raise ValueError(f"The previous estimate has shape {tuple(x_hat_prev.shape)}, the sample "
+                         f"{tuple(sample.shape)}: they must match.")
+    return torch.cat([sample, x_hat_prev.to(sample.dtype)], dim=1 if sample.ndim == 4 else -1)
 
 
 def check_finite_estimate(x0: torch.Tensor, step_index: int, sigma) -> None:

@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from .bits import bits_to_signal, check_binary
-from .flow import X_PREDICTION_TYPES, check_prediction_type, expand_sigma, predict_x0
+from .flow import (
+    LOGIT_PREDICTION_TYPES,
+    X_PREDICTION_TYPES,
+    bit_logits,
+    check_prediction_type,
+    expand_sigma,
+    predict_x0,
+)
 from .utils import check_choice, check_positive
 
 
@@ -82,7 +89,8 @@ def binary_flow_loss(
         noisy_sample (`torch.Tensor`): The network's input ``x_sigma``.
         sigmas (`torch.Tensor`): One sigma per sample, shape (B,).
         loss_space (`str`): `"x"` (the aligned loss for x-prediction) or `"v"` (velocity space).
-        loss_type (`str`): `"mse"`, or `"bce"`: cross-entropy on per-bit logits (x-space, `prediction_type="logits"`).
+        loss_type (`str`): `"mse"`, or `"bce"`: cross-entropy on per-bit logits (x-space, a prediction_type of
+            `LOGIT_PREDICTION_TYPES`).
         v_clamp (`float`, *optional*): For `loss_space="v"`, floor of the sigma divisor (JiT uses 0.05).
         bit_scale (`float`): Signal amplitude, ``x = bit_scale * (2b - 1)``.
         weighting (callable, *optional*): A weight per sample from `sigmas`, e.g. `inverse_square_weight(w_max)`.
@@ -103,9 +111,9 @@ def binary_flow_loss(
     if model_output.numel() == 0:
         raise ValueError(f"The batch is empty (`model_output` of shape {tuple(model_output.shape)}); the mean of no "
                          "loss terms is NaN.")
-    if loss_type == "bce" and (loss_space != "x" or prediction_type != "logits"):
-        raise ValueError("loss_type='bce' is the x-space cross-entropy on per-bit logits: it needs "
-                         "prediction_type='logits' and loss_space='x'.")
+    if loss_type == "bce" and (loss_space != "x" or prediction_type not in LOGIT_PREDICTION_TYPES):
+        raise ValueError("loss_type='bce' is the x-space cross-entropy on per-bit logits: it needs loss_space='x' "
+                         f"and a prediction_type of {LOGIT_PREDICTION_TYPES}.")
     check_positive("bit_scale", bit_scale)
     _check_sigmas(torch.as_tensor(sigmas), loss_space, v_clamp)
     _warn_if_misaligned(prediction_type, loss_space)
@@ -114,7 +122,8 @@ def binary_flow_loss(
     if loss_type == "bce":
         # d(loss)/d(logit) = sigmoid(logit) - bit: bounded by 1 for every sigma.
         check_binary(bits)
-        elementwise = F.binary_cross_entropy_with_logits(model_output.float(), bits.float(), reduction="none")
+        logits = bit_logits(model_output.float(), noisy_sample.float(), sigmas, prediction_type, bit_scale)
+        elementwise = F.binary_cross_entropy_with_logits(logits, bits.float(), reduction="none")
     else:
         clean = bits_to_signal(bits, bit_scale)
         x_hat = predict_x0(model_output.float(), noisy_sample.float(), sigmas, prediction_type, bit_scale)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .bits import bits_to_signal
-from .flow import PREDICTION_TYPES, interpolate
+from .flow import PREDICTION_TYPES, interpolate, predict_x0, self_conditioned_input
 from .losses import LOSS_SPACES, LOSS_TYPES, binary_flow_loss, inverse_square_weight
 from .timestep_sampling import SIGMA_SAMPLERS, sample_sigmas
 
@@ -20,7 +20,11 @@ class FlowLossConfig:
     x-prediction trained with the aligned x-space MSE, sigma drawn logit-normally with logit(sigma) ~ N(0.8, 0.8)
     (JiT's tilt towards noise; in the paper's t = 1 - sigma, logit(t) ~ N(-0.8, 0.8)), no weighting. On binarized
     digits this matched the JiT recipe and beat the paper's uniform sigma by far, with bounded gradients.
-    `weighting_max` multiplies each sample's loss by ``min(sigma**-2, weighting_max)`` (`inverse_square_weight`).
+    `weighting_max` multiplies each sample's loss by ``min(sigma**-2, weighting_max)`` (`inverse_square_weight`);
+    `uniform_fraction` draws that share of the sigmas uniformly instead (`sample_sigmas`), to train the data end.
+    `self_conditioning` trains a denoiser that also sees its previous estimate (`self_conditioned_input`; Bit
+    Diffusion): on a share `self_conditioning_probability` of the batches the estimate is its own, made without
+    gradient, on the others zeros.
     """
 
     prediction_type: str = "sample"
@@ -29,9 +33,12 @@ class FlowLossConfig:
     timestep_sampling: str = "logit_normal"
     logit_mean: float = 0.8
     logit_std: float = 0.8
+    uniform_fraction: float = 0.0
     v_clamp: float | None = None
     weighting_max: float | None = None
     bit_scale: float = 1.0
+    self_conditioning: bool = False
+    self_conditioning_probability: float = 0.5  # Bit Diffusion's
     num_train_timesteps: int = 1000
 
     @classmethod
@@ -41,7 +48,8 @@ class FlowLossConfig:
 
 
 RECIPE_OPTIONS = ("prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean", "logit_std",
-                  "v_clamp", "weighting_max", "bit_scale")
+                  "uniform_fraction", "v_clamp", "weighting_max", "bit_scale", "self_conditioning",
+                  "self_conditioning_probability")
 
 
 def add_recipe_arguments(group, prediction_types=tuple(p for p in PREDICTION_TYPES if p != "epsilon"), **defaults):
@@ -55,11 +63,18 @@ def add_recipe_arguments(group, prediction_types=tuple(p for p in PREDICTION_TYP
     group.add_argument("--logit_mean", type=float, default=base["logit_mean"],
                        help="Mean of logit(sigma) for logit_normal (sigma = 1 is noise).")
     group.add_argument("--logit_std", type=float, default=base["logit_std"], help="Std of logit(sigma).")
+    group.add_argument("--uniform_fraction", type=float, default=base["uniform_fraction"],
+                       help="Share of the sigmas drawn uniformly instead (a mixture that also trains the data end).")
     group.add_argument("--v_clamp", type=float, default=base["v_clamp"],
                        help="Floor of sigma in the v-loss (JiT: 0.05).")
     group.add_argument("--weighting_max", type=float, default=base["weighting_max"],
                        help="Weight the loss by min(sigma^-2, this) (a bounded, aligned form of JiT's clamp).")
     group.add_argument("--bit_scale", type=float, default=base["bit_scale"])
+    group.add_argument("--self_conditioning", action=argparse.BooleanOptionalAction, default=base["self_conditioning"],
+                       help="Self-conditioning (Bit Diffusion): the denoiser takes twice the input features and also "
+                            "sees its previous estimate of the clean bits.")
+    group.add_argument("--self_conditioning_probability", type=float, default=base["self_conditioning_probability"],
+                       help="Share of the batches whose estimate comes from a first, stop-gradient pass (else zeros).")
 
 
 @dataclass
@@ -73,16 +88,28 @@ class FlowLossOutput:
 def flow_matching_loss(model, bits: torch.Tensor, config: FlowLossConfig, class_labels=None,
                        generator: torch.Generator | None = None, model_kwargs: dict | None = None) -> FlowLossOutput:
     """Noise `bits` at sampled sigmas, run ``model(x_sigma, sigma * num_train_timesteps[, class_labels],
-    **model_kwargs)`` and compute `binary_flow_loss`. Randomness (sigmas, noise) comes from `generator`, for exact
-    resumption; `model_kwargs` carries other conditioning (e.g. the channel of a MIMO denoiser)."""
+    **model_kwargs)`` and compute `binary_flow_loss`. Randomness (sigmas, noise, the self-conditioning coin) comes
+    from `generator`, for exact resumption; `model_kwargs` carries other conditioning (e.g. the channel of a MIMO
+    denoiser). With `config.self_conditioning` the model sees ``self_conditioned_input(x_sigma, x_hat)``: with
+    probability `self_conditioning_probability` (one coin per batch) ``x_hat`` is the model's own estimate from a
+    first pass on zeros, without gradient, else zeros."""
     sigmas = sample_sigmas(bits.shape[0], config.timestep_sampling, config.logit_mean, config.logit_std,
-                           generator=generator, device=bits.device)
+                           generator=generator, device=bits.device, uniform_fraction=config.uniform_fraction)
     noise = torch.randn(bits.shape, generator=generator, device=bits.device)
     noisy = interpolate(bits_to_signal(bits, config.bit_scale), noise, sigmas)
     timesteps = sigmas * config.num_train_timesteps
     kwargs = {} if class_labels is None else {"class_labels": class_labels}
     kwargs.update(model_kwargs or {})
-    model_output = model(noisy, timesteps, **kwargs, return_dict=False)[0]
+    model_input = noisy
+    if config.self_conditioning:
+        x_hat = None
+        # Drawn only here, so runs without self-conditioning keep their random stream.
+        if torch.rand((), generator=generator, device=bits.device).item() < config.self_conditioning_probability:
+            with torch.no_grad():
+                first = model(self_conditioned_input(noisy), timesteps, **kwargs, return_dict=False)[0]
+                x_hat = predict_x0(first, noisy, sigmas, config.prediction_type, config.bit_scale)
+        model_input = self_conditioned_input(noisy, x_hat)
+    model_output = model(model_input, timesteps, **kwargs, return_dict=False)[0]
     elementwise = binary_flow_loss(model_output, bits, noisy, sigmas, prediction_type=config.prediction_type,
                                    loss_space=config.loss_space, loss_type=config.loss_type, v_clamp=config.v_clamp,
                                    bit_scale=config.bit_scale, reduction="none",

@@ -28,6 +28,7 @@ from .checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from .flow import LOGIT_PREDICTION_TYPES
 from .hub import upload_pipeline_folder
 from .model_cards import portable_value
 
@@ -121,7 +122,8 @@ def check_arguments(parser, args, at_least_one=()):
         "ema_power": (0, math.inf, False, False), "lr_power": (0, math.inf, False, False),
         "bit_scale": (0, math.inf, False, False), "logit_mean": (-math.inf, math.inf, False, False),
         "logit_std": (0, math.inf, False, False), "v_clamp": (0, 1, False, True),
-        "weighting_max": (0, math.inf, False, False),
+        "weighting_max": (0, math.inf, False, False), "uniform_fraction": (0, 1, True, True),
+        "self_conditioning_probability": (0, 1, True, True),
     }
     for name, (low, high, low_ok, high_ok) in ranges.items():
         value = getattr(args, name, None)
@@ -131,8 +133,9 @@ def check_arguments(parser, args, at_least_one=()):
         if not inside:  # also catches nan, which compares false
             parser.error(f"--{name} must be in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}, "
                          f"got {value}.")
-    if args.loss_type == "bce" and args.prediction_type != "logits":
-        parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits.")
+    if args.loss_type == "bce" and args.prediction_type not in LOGIT_PREDICTION_TYPES:
+        parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits or "
+                     "likelihood_residual.")
     if (args.lr_scheduler == "piecewise_constant") != (args.lr_step_rules is not None):
         parser.error("--lr_step_rules goes with --lr_scheduler piecewise_constant, and only with it.")
     if args.lr_step_rules is not None:

@@ -1,3 +1,4 @@
+import torch
 from diffusers.callbacks import PipelineCallback
 
 
@@ -32,3 +33,20 @@ def numbers(obj):
     elif isinstance(obj, list):
         for value in obj:
             yield from numbers(value)
+
+
+def record_calls(module) -> list:
+    """The (input sample, output) of every forward call of `module` from now on, recorded by a hook."""
+    calls = []
+    module.register_forward_hook(lambda _, args, output: calls.append((args[0].clone(), output[0].clone())))
+    return calls
+
+
+def assert_each_step_saw_the_previous_estimate(calls, dim: int):
+    """A self-conditioned logits denoiser's calls: the second half of each input along `dim` is zeros at the first
+    step and, after it, the previous step's estimate x_hat = tanh(logits / 2) (signal space, bit_scale 1)."""
+    assert len(calls) > 1
+    for k, (model_input, _) in enumerate(calls):
+        _, condition = model_input.chunk(2, dim=dim)
+        expected = torch.zeros_like(condition) if k == 0 else torch.tanh(calls[k - 1][1] / 2)
+        assert torch.equal(condition, expected), f"step {k}"

@@ -116,6 +116,17 @@ def test_cross_entropy_gradient_is_at_most_one_per_logit_for_every_sigma():
     torch.testing.assert_close(grad, torch.sigmoid(logits) - bits)
 
 
+def test_likelihood_residual_cross_entropy_is_finite_with_gradient_at_most_one_down_to_sigma_zero():
+    residual = 5 * torch.randn(len(SMALL_SIGMAS), 16, generator=torch.Generator().manual_seed(1))
+    grad, bits = output_gradient(residual, prediction_type="likelihood_residual", loss_type="bce")
+    assert torch.isfinite(grad).all() and grad.abs().max() <= 1.0
+    bits, _, _, noisy, sigmas = training_batch(torch.tensor([0.0, 1e-30, 0.05]))
+    loss = binary_flow_loss(torch.zeros_like(noisy), bits, noisy, sigmas, prediction_type="likelihood_residual",
+                            loss_type="bce", reduction="none")
+    # a zero residual is the likelihood alone: exact (zero loss) on the data, and finite where sigma is tiny
+    assert torch.isfinite(loss).all() and loss[:2].max() < 1e-20
+
+
 def test_x_mse_gradient_is_bounded_by_twice_the_residual_for_every_sigma():
     x_hat = 3 * torch.randn(len(SMALL_SIGMAS), 16, generator=torch.Generator().manual_seed(2))
     grad, bits = output_gradient(x_hat)
@@ -185,7 +196,7 @@ def test_misaligned_pairs_warn_once_and_aligned_ones_never():
         ({"loss_type": "l1"}, "loss_type"),
         ({"reduction": "max"}, "reduction"),
         ({"prediction_type": "x"}, "prediction_type"),
-        ({"loss_type": "bce"}, "prediction_type='logits'"),
+        ({"loss_type": "bce"}, "prediction_type of \\('logits', 'likelihood_residual'\\)"),
         ({"loss_type": "bce", "prediction_type": "logits", "loss_space": "v"}, "loss_space='x'"),
     ],
 )

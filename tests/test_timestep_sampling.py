@@ -38,3 +38,23 @@ def test_logit_normal_mean_weight_closed_form_is_finite_and_matches_monte_carlo(
     draws = sample_sigmas(400_000, "logit_normal", 0.8, 0.8, generator=torch.Generator().manual_seed(0))
     assert (draws.double() ** -2).mean().item() == pytest.approx(closed, rel=0.02)
     assert math.isinf(expected_inverse_square_sigma("uniform"))
+
+
+def test_uniform_fraction_mixes_in_uniform_sigmas_and_zero_changes_nothing():
+    draw = lambda fraction: sample_sigmas(200_000, "logit_normal", 0.8, 0.8, uniform_fraction=fraction,  # noqa: E731
+                                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(draw(0.0), sample_sigmas(200_000, "logit_normal", 0.8, 0.8,
+                                                generator=torch.Generator().manual_seed(0)))
+    logit_normal_share = (draw(0.0) < 0.2).double().mean().item()
+    assert logit_normal_share < 0.01  # the data end is almost never trained without the mixture
+    # P(sigma < 0.2) of the mixture = 0.3 * 0.2 + 0.7 * (logit-normal's share)
+    expected = 0.3 * 0.2 + 0.7 * logit_normal_share
+    assert (draw(0.3) < 0.2).double().mean().item() == pytest.approx(expected, abs=0.003)
+    assert draw(1.0).min() > 0 and (draw(1.0) < 0.2).double().mean().item() == pytest.approx(0.2, abs=0.003)
+    assert math.isinf(expected_inverse_square_sigma("logit_normal", 0.8, 0.8, uniform_fraction=0.1))
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan"), True])
+def test_uniform_fraction_outside_zero_one_is_refused(fraction):
+    with pytest.raises(ValueError, match="uniform_fraction"):
+        sample_sigmas(4, "logit_normal", uniform_fraction=fraction)

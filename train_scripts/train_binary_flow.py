@@ -63,7 +63,8 @@ RESUME_OPTIONS = ("model_config", "resolution", *RECIPE_OPTIONS, "class_conditio
                   "pretrained_model_name_or_path")
 # The training options a model card reports, in this order.
 CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean",
-                 "logit_std", "v_clamp", "weighting_max", "bit_scale", "train_batch_size",
+                 "logit_std", "uniform_fraction", "v_clamp", "weighting_max", "bit_scale", "self_conditioning",
+                 "train_batch_size",
                  "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "use_ema", "ema_max_decay",
                  "mixed_precision", "seed", "solver", "num_inference_steps", "binarize_threshold",
                  "stochastic_binarization", "resolution")
@@ -143,8 +144,8 @@ def main(args):
     if args.pretrained_model_name_or_path:
         base = BinaryFlowPipeline.from_pretrained(args.pretrained_model_name_or_path, cache_dir=args.cache_dir)
         unet, base_null = base.unet, base.config.null_class_label
-        if (unet.config.in_channels, unet.config.sample_size) != (channels, height):
-            raise SystemExit(f"The pretrained model works on {unet.config.in_channels} channel(s) at "
+        if (base.sample_shape[0], unet.config.sample_size) != (channels, height):
+            raise SystemExit(f"The pretrained model works on {base.sample_shape[0]} channel(s) at "
                              f"{unet.config.sample_size}px, the data is {channels} channel(s) at {height}px: "
                              "pass a matching --resolution.")
         if (base_null is None) != (num_classes is None):
@@ -155,9 +156,13 @@ def main(args):
         if (base.prediction_type, base.bit_scale) != (args.prediction_type, args.bit_scale):
             raise SystemExit(f"The pretrained model predicts {base.prediction_type!r} at bit_scale {base.bit_scale}: "
                              f"pass --prediction_type {base.prediction_type} --bit_scale {base.bit_scale}.")
+        if base.self_conditioning != args.self_conditioning:
+            raise SystemExit("The pretrained model is " + ("self-conditioned: pass --self_conditioning." if
+                             base.self_conditioning else "not self-conditioned: drop --self_conditioning."))
         null_class = base_null  # new classes reuse the first embedding slots; the null class stays
     else:
-        unet = build_unet(args.model_config, height, channels, None if num_classes is None else num_classes + 1)
+        unet = build_unet(args.model_config, height, channels, None if num_classes is None else num_classes + 1,
+                          self_conditioning=args.self_conditioning)
     prepare_model(unet, args)
     data = EpochOrder(dataset, args.seed)
     loader = data.data_loader(args.train_batch_size, args.dataloader_num_workers)
@@ -235,7 +240,8 @@ def main(args):
                 run.save_checkpoint(unet, global_step)
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 save_sample_grid(build_pipeline(BinaryFlowPipeline, accelerator, unet, ema, "unet",
-                                                scheduler=noise_scheduler, null_class_label=null_class),
+                                                scheduler=noise_scheduler, null_class_label=null_class,
+                                                self_conditioning=args.self_conditioning),
                                  args, num_classes, output_dir / "samples" / f"step_{global_step:06d}.png")
             if global_step >= max_train_steps:
                 break
@@ -245,7 +251,7 @@ def main(args):
 
     if accelerator.is_main_process:
         pipeline = build_pipeline(BinaryFlowPipeline, accelerator, unet, ema, "unet", scheduler=noise_scheduler,
-                                  null_class_label=null_class)
+                                  null_class_label=null_class, self_conditioning=args.self_conditioning)
         pipeline.save_pretrained(str(output_dir))
         grid_path = output_dir / "sample_grid.png"
         save_sample_grid(pipeline, args, num_classes, grid_path)
@@ -263,7 +269,7 @@ def main(args):
             datasets=[args.dataset_name or ("mnist" if not args.train_data_dir else None)],
             base_model=args.pretrained_model_name_or_path, settings=settings_of(args, CARD_SETTINGS),
             metrics=summary, channels=channels, resolution=height, num_classes=num_classes,
-            null_class_label=null_class, guidance_scale=args.guidance_scale,
+            null_class_label=null_class, self_conditioning=args.self_conditioning, guidance_scale=args.guidance_scale,
             num_inference_steps=args.num_inference_steps, grid_file=grid_path.name))
         accelerator.print(f"Saved the pipeline and {grid_path} in {output_dir}")
         if args.push_to_hub:

@@ -61,9 +61,9 @@ RESUME_OPTIONS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", 
                   "gradient_accumulation_steps", "learning_rate", "use_ema")
 # The training options a MIMO model card reports, in this order.
 CARD_SETTINGS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "hidden_size", "num_layers",
-                 "num_heads", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "v_clamp",
-                 "weighting_max", "train_batch_size", "max_train_steps", "learning_rate", "lr_scheduler", "use_ema",
-                 "seed", "solver", "num_inference_steps")
+                 "num_heads", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction",
+                 "v_clamp", "weighting_max", "self_conditioning", "train_batch_size", "max_train_steps",
+                 "learning_rate", "lr_scheduler", "use_ema", "seed", "solver", "num_inference_steps")
 # Exhaustive ML is the reference up to this many bits per channel use; K-best beyond.
 ML_MAX_BITS = 16
 
@@ -129,7 +129,7 @@ def main(args):
     model = MIMOFlowTransformer(num_tx=args.num_tx, num_rx=args.num_rx, modulation=args.modulation,
                                 hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
                                 mlp_ratio=args.mlp_ratio, prediction_type=args.prediction_type,
-                                ep_iterations=args.ep_iterations)
+                                ep_iterations=args.ep_iterations, self_conditioning=args.self_conditioning)
     prepare_model(model, args)
 
     run = start_run(args, SCRIPT, RESUME_OPTIONS, tracker_name="binary_flow_mimo")
@@ -219,7 +219,7 @@ def main(args):
             "BinaryFlowMIMOPipeline", repo_id=run.repo_id or output_dir.name,
             tags=["mimo-detection", "diffusers-training"], settings=settings_of(args, CARD_SETTINGS),
             metrics={k: v for k, v in summary.items() if k not in ("ber", "ber_counts")}, num_tx=args.num_tx,
-            num_rx=args.num_rx, modulation=args.modulation, num_bits=num_bits,
+            num_rx=args.num_rx, modulation=args.modulation, num_bits=num_bits, self_conditioning=args.self_conditioning,
             num_inference_steps=args.num_inference_steps, detectors=list(ber_table), eval_description=description,
             ber_rows=[[f"{snr:g}"] + [f"{table[snr]:.2e}" for table in ber_table.values()] for snr in snrs]))
         accelerator.print(f"Saved the pipeline and its model card in {output_dir}")

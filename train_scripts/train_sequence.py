@@ -69,8 +69,8 @@ RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "max_length", *RE
                   "pretrained_model_name_or_path")
 # The training options a model card reports.
 CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code", "max_length",
-                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "bit_scale", "train_batch_size",
-                 "learning_rate", "use_ema", "seed", "num_inference_steps")
+                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction", "bit_scale",
+                 "self_conditioning", "train_batch_size", "learning_rate", "use_ema", "seed", "num_inference_steps")
 
 
 def parse_args(argv=None):
@@ -153,6 +153,9 @@ def main(args):
         if trained_as != (args.prediction_type, args.bit_scale):
             raise SystemExit(f"The pretrained model predicts {trained_as[0]!r} at bit_scale {trained_as[1]}: pass "
                              f"--prediction_type {trained_as[0]} --bit_scale {trained_as[1]}.")
+        if base.self_conditioning != args.self_conditioning:
+            raise SystemExit("The pretrained model is " + ("self-conditioned: pass --self_conditioning." if
+                             base.self_conditioning else "not self-conditioned: drop --self_conditioning."))
         max_length = args.max_length or denoiser.config.max_length
         if max_length > denoiser.config.max_length:
             raise SystemExit(f"--max_length {max_length} exceeds the pretrained model's maximum "
@@ -167,7 +170,7 @@ def main(args):
     max_length = token_ids.shape[1]
     if not args.pretrained_model_name_or_path:
         denoiser = build_sequence_model(args.model_config, len(tokenizer), max_length, bit_code=args.bit_code,
-                                        backbone_type=args.backbone_type)
+                                        backbone_type=args.backbone_type, self_conditioning=args.self_conditioning)
     codec = denoiser.codec
     noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
                                                solver=args.solver)
@@ -275,7 +278,7 @@ def main(args):
             "BinaryFlowSequencePipeline", repo_id=run.repo_id or output_dir.name,
             tags=["diffusers-training", "discrete-diffusion"], base_model=args.pretrained_model_name_or_path,
             settings=settings_of(args, CARD_SETTINGS), metrics=summary,
-            num_inference_steps=args.num_inference_steps))
+            num_inference_steps=args.num_inference_steps, self_conditioning=args.self_conditioning))
         accelerator.print(f"Saved the pipeline and samples.txt in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowSequencePipeline, args.hub_token)

@@ -76,6 +76,9 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
             is the cavity of bit j.
         ep_iterations (`int`): Expectation-propagation iterations of those cavities (0: the Gaussian prior's,
             i.e. the LMMSE reading of the channel and the state).
+        self_conditioning (`bool`): Take ``self_conditioned_input(x_sigma, x_hat_prev)``, (B, 2 num_bits): each
+            token also sees the previous estimate of its bits (self-conditioning, Bit Diffusion). The cavities
+            read the state ``x_sigma`` alone.
 
     Called as ``model(sample, timestep, y=y, H=H, noise_var=N0)`` with ``sample (B, num_bits)``, real-valued
     ``y (B, 2 num_rx)`` and ``H (B, 2 num_rx, n)``; returns one value per bit, of the training's prediction type.
@@ -96,6 +99,7 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         prediction_type: str = "logits",
         ep_iterations: int = EP_ITERATIONS,
+        self_conditioning: bool = False,
     ):
         super().__init__()
         mod = get_modulation(modulation)
@@ -109,8 +113,9 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         self.fuses_state = mod.bits_per_real == 1
         if ep_iterations < 0:
             raise ValueError(f"ep_iterations must be at least 0, got {ep_iterations}.")
-        # noisy bits, MF, LMMSE estimate and variance, log N0, Gram row[, EP cavity mean and log variance]
-        num_features = mod.bits_per_real + 4 + n + 2 * self.fuses_state
+        # noisy bits[, previous estimate], MF, LMMSE estimate and variance, log N0, Gram row[, EP cavity mean and
+        # log variance]
+        num_features = mod.bits_per_real * (2 if self_conditioning else 1) + 4 + n + 2 * self.fuses_state
         self.token_in = nn.Linear(num_features, hidden_size)
         self.position = nn.Parameter(torch.randn(n, hidden_size) * 0.02)
         self.time_proj = Timesteps(hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -174,7 +179,8 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
     ) -> MIMOFlowTransformerOutput | tuple:
         """
         Args:
-            sample (`torch.Tensor` of shape (B, num_bits)): The noisy signal ``x_sigma``.
+            sample (`torch.Tensor` of shape (B, num_bits)): The noisy signal ``x_sigma``; with `self_conditioning`,
+                (B, 2 num_bits), from `self_conditioned_input`.
             timestep (`torch.Tensor` of shape (B,) or a scalar): ``sigma * num_train_timesteps``.
             y, H, noise_var: The real-valued observation (see the class docstring) and N0.
             channel_features (`torch.Tensor`, *optional*): `channel_features(y, H, noise_var)`, precomputed.
@@ -184,15 +190,18 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
             if y is None or H is None or noise_var is None:
                 raise ValueError("Pass `y`, `H` and `noise_var` (or precomputed `channel_features`).")
             channel_features = self.channel_features(y, H, noise_var)
-        batch = sample.shape[0]
-        if sample.shape != (batch, self.num_bits) or channel_features.shape[:2] != (batch, self.num_symbols):
-            raise ValueError(f"Expected sample (B, {self.num_bits}) and channel features (B, {self.num_symbols}, "
-                             f"...) for the same B; got {tuple(sample.shape)} and {tuple(channel_features.shape)}.")
+        batch, width = sample.shape[0], self.num_bits * (2 if self.config.self_conditioning else 1)
+        if sample.shape != (batch, width) or channel_features.shape[:2] != (batch, self.num_symbols):
+            raise ValueError(f"Expected sample (B, {width}) and channel features (B, {self.num_symbols}, ...) for the "
+                             f"same B; got {tuple(sample.shape)} and {tuple(channel_features.shape)}"
+                             + (" (a self-conditioned model takes `self_conditioned_input(x_sigma, x_hat_prev)`)."
+                                if self.config.self_conditioning else "."))
+        inputs = [part.view(batch, self.num_symbols, self.bits_per_real) for part in sample.split(self.num_bits, -1)]
+        sample = sample[:, :self.num_bits]
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=sample.dtype).expand(batch)
         log_n0 = channel_features[:, :1, 3:4].reshape(batch, 1)
         conditioning = self.time_embedding(self.time_proj(timestep).to(sample.dtype)) + self.noise_embedding(log_n0)
-        tokens = sample.view(batch, self.num_symbols, self.bits_per_real)
-        inputs, skip = [tokens, channel_features], 0
+        inputs, skip = [*inputs, channel_features], 0
         if self.fuses_state:
             mean, log_variance = self.state_cavities(sample, timestep / self.config.num_train_timesteps,
                                                      channel_features)

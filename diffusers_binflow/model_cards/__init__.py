@@ -75,11 +75,13 @@ def pipeline_model_card(pipeline, repo_id: str) -> str:
                                  tags=["class-conditional"] if conditional else ["unconditional-image-generation"],
                                  channels=channels, resolution=height,
                                  num_classes=null_class if null_class is not None else pipeline.num_class_embeds,
-                                 null_class_label=null_class,
+                                 null_class_label=null_class, self_conditioning=pipeline.self_conditioning,
                                  guidance_scale=2.0, num_inference_steps=16, grid_file=None)
     if name == "BinaryFlowSequencePipeline":
-        return render_model_card(name, repo_id=repo_id, tags=["discrete-diffusion"], num_inference_steps=16)
+        return render_model_card(name, repo_id=repo_id, tags=["discrete-diffusion"], num_inference_steps=16,
+                                 self_conditioning=pipeline.self_conditioning)
     model = pipeline.model
     return render_model_card(name, repo_id=repo_id, tags=["mimo-detection"], num_tx=model.config.num_tx,
                              num_rx=model.config.num_rx, modulation=model.config.modulation,
-                             num_bits=model.num_bits, num_inference_steps=1, ber_rows=None)
+                             num_bits=model.num_bits, num_inference_steps=1, ber_rows=None,
+                             self_conditioning=pipeline.self_conditioning)

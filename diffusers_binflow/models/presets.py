@@ -26,10 +26,13 @@ def downsampling_factor(config: dict) -> int:
     return 2 ** (len(config["block_out_channels"]) - 1)
 
 
-def build_unet(preset_or_path: str, resolution: int, in_channels: int = 1, num_class_embeds: int | None = None):
-    """A fresh UNet2DModel from a preset name or a JSON file of UNet2DModel arguments.
+def build_unet(preset_or_path: str, resolution: int, in_channels: int = 1, num_class_embeds: int | None = None,
+               self_conditioning: bool = False):
+    """A fresh UNet2DModel from a preset name or a JSON file of UNet2DModel arguments, for data of `in_channels`
+    channels.
 
-    `num_class_embeds` includes the null class used for classifier-free guidance, when there is one.
+    `num_class_embeds` includes the null class used for classifier-free guidance, when there is one. A
+    `self_conditioning` UNet takes twice the data's channels (`self_conditioned_input`) and outputs the data's.
     """
     if preset_or_path in MODEL_PRESETS:
         config = dict(MODEL_PRESETS[preset_or_path])
@@ -38,6 +41,6 @@ def build_unet(preset_or_path: str, resolution: int, in_channels: int = 1, num_c
     else:
         raise ValueError(f"Unknown model config {preset_or_path!r}: use one of {sorted(MODEL_PRESETS)} or a JSON file.")
     check_resolution(resolution, downsampling_factor(config))
-    config.update(sample_size=resolution, in_channels=in_channels, out_channels=in_channels,
-                  num_class_embeds=num_class_embeds)
+    config.update(sample_size=resolution, in_channels=in_channels * (2 if self_conditioning else 1),
+                  out_channels=in_channels, num_class_embeds=num_class_embeds)
     return UNet2DModel(**config)

@@ -22,6 +22,7 @@ from .binary_images import bits_to_images, images_to_bits
 from .callbacks import StepEndCallbackMixin
 from .completion import reimpose_known
 from .hub_loading import BinflowHubMixin
+from .self_conditioning import SelfConditioningMixin, denoiser_self_conditioning
 
 OUTPUT_TYPES = ("pil", "np", "pt", "probs", "latent")
 # diffusers' own flow-matching ODE solvers for x_sigma = (1 - sigma) x + sigma eps. They step with a velocity, so the
@@ -30,7 +31,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "probs", "latent")
 VELOCITY_SCHEDULERS = (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
 
 
-class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipeline):
+class BinaryFlowPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHubMixin, DiffusionPipeline):
     """
     Binary flow matching (arXiv 2602.10420): start from noise at sigma = 1, follow the velocity implied by the
     denoiser's estimate of the clean signal down to sigma = 0, and read bits off the result.
@@ -54,6 +55,10 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
             `"velocity"` (diffusers' flow-matching schedulers record none).
         bit_scale (`float`, *optional*):
             The signal amplitude the denoiser was trained with; defaults like `prediction_type` (else 1.0).
+        self_conditioning (`bool`, *optional*):
+            Whether the denoiser is self-conditioned (Bit Diffusion): it takes ``self_conditioned_input(x_sigma,
+            x_hat_prev)``, the state and the previous step's estimate on the channel axis, so its `in_channels` is
+            twice its `out_channels`. Defaults to the denoiser config's `self_conditioning`, else False.
 
     Passing `image` and `mask_image` to `__call__` completes an image: bits where the mask is 1 are generated,
     the others are kept exactly. Completion is most consistent with a scheduler set to `stochastic_sampling=True`.
@@ -62,7 +67,7 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet, scheduler, null_class_label: int | None = None, prediction_type: str | None = None,
-                 bit_scale: float | None = None):
+                 bit_scale: float | None = None, self_conditioning: bool | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         # By default, and for pipelines saved before their config recorded these, read them off the scheduler given.
@@ -71,7 +76,10 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
         prediction_type = check_prediction_type(prediction_type or scheduler_config.get("prediction_type", "velocity"))
         bit_scale = scheduler_config.get("bit_scale", 1.0) if bit_scale is None else bit_scale
         check_positive("bit_scale", bit_scale)
-        self.register_to_config(null_class_label=null_class_label, prediction_type=prediction_type, bit_scale=bit_scale)
+        self.register_to_config(null_class_label=null_class_label, prediction_type=prediction_type, bit_scale=bit_scale,
+                                self_conditioning=denoiser_self_conditioning(unet, self_conditioning))
+        if unet is not None:
+            self.check_denoiser_channels()
 
     # ------------------------------------------------------------------------------------------- properties
 
@@ -87,7 +95,7 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
     def sample_shape(self) -> tuple[int, int, int]:
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return self.unet.config.in_channels, height, width
+        return self.unet.config.in_channels // (2 if self.self_conditioning else 1), height, width
 
     @property
     def num_class_embeds(self) -> int | None:
@@ -96,6 +104,24 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
         return config.get("num_class_embeds") or config.get("num_embeds_ada_norm")
 
     # ---------------------------------------------------------------------------------------------- sampling
+
+    def check_denoiser_channels(self):
+        """The denoiser must output the sample's channels and take them, twice when self-conditioned."""
+        in_channels = self.unet.config.in_channels
+        out_channels = self.unet.config.get("out_channels") or in_channels
+        if in_channels == (2 if self.self_conditioning else 1) * out_channels:
+            return
+        if self.self_conditioning:
+            raise ValueError(
+                f"This pipeline is self-conditioned (self_conditioning=True): its denoiser must take the sample and "
+                f"the previous estimate, in_channels = 2 * out_channels, but it has in_channels={in_channels}, "
+                f"out_channels={out_channels}. Build it with twice the data's channels as in_channels (and "
+                "out_channels set to the data's), or create the pipeline with self_conditioning=False."
+            )
+        hint = (" It looks self-conditioned (in_channels = 2 * out_channels): create the pipeline with "
+                "self_conditioning=True." if in_channels == 2 * out_channels else "")
+        raise ValueError(f"The denoiser takes {in_channels} channel(s) but outputs {out_channels}; the pipeline "
+                         f"needs them equal.{hint}")
 
     def check_scheduler(self):
         """The attached scheduler must be one the pipeline can drive, reading the denoiser's output as it does."""
@@ -120,6 +146,7 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
     def check_inputs(self, batch_size, class_labels, guidance_scale, num_inference_steps, sigmas, generator,
                      output_type):
         self.check_scheduler()
+        self.check_denoiser_channels()
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         if sigmas is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
@@ -169,13 +196,16 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
             raise ValueError(f"With {type(self.scheduler).__name__}, `sigmas` must be positive (it appends the "
                              f"terminal 0 itself), got {grid.tolist()}.")
 
-    def predict(self, latents: torch.Tensor, t: torch.Tensor, class_labels, guidance_scale: float):
-        """The denoiser's output at `latents`, guided in x-space: ``x = x_null + w (x_class - x_null)``."""
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, class_labels, guidance_scale: float,
+                x_hat_prev: torch.Tensor | None = None):
+        """The denoiser's output at `latents`, guided in x-space: ``x = x_null + w (x_class - x_null)``; a
+        self-conditioned denoiser also sees the previous step's estimate `x_hat_prev` (both passes the same)."""
         sigma = t / self.scheduler.config.num_train_timesteps
+        model_input = self.denoiser_input(latents, x_hat_prev)
         if guidance_scale == 1.0:
-            return self._denoise(latents, t, class_labels)
+            return self._denoise(model_input, t, class_labels)
         null_labels = torch.full_like(class_labels, self.config.null_class_label)
-        both = self._denoise(torch.cat([latents, latents]), t, torch.cat([class_labels, null_labels]))
+        both = self._denoise(torch.cat([model_input, model_input]), t, torch.cat([class_labels, null_labels]))
         x_class, x_null = predict_x0(both, torch.cat([latents, latents]), sigma, self.prediction_type,
                                      self.bit_scale).chunk(2)
         x_guided = x_null + guidance_scale * (x_class - x_null)
@@ -261,12 +291,12 @@ class BinaryFlowPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipelin
         self._num_timesteps = len(timesteps)
 
         # 3. Integrate from noise to data
-        x0 = latents
+        x0 = None  # the estimate of the clean signal, which a self-conditioned denoiser sees at the next step
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
             sigma = t / scheduler.config.num_train_timesteps
-            model_output = self.predict(latents, t, class_labels, guidance_scale)
+            model_output = self.predict(latents, t, class_labels, guidance_scale, x_hat_prev=x0)
             x0 = predict_x0(model_output, latents, sigma, self.prediction_type, self.bit_scale)
             check_finite_estimate(x0, i, sigma)
             if isinstance(scheduler, VELOCITY_SCHEDULERS):

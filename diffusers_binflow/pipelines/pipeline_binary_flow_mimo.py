@@ -9,7 +9,6 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..bits import signal_to_bits, signal_to_probabilities
-from ..flow import predict_x0
 from ..mimo.channel import check_channel_inputs, complex_to_real, get_modulation
 from ..mimo.detectors import list_detection
 from ..mimo.model import (
@@ -18,6 +17,7 @@ from ..mimo.model import (
 from ..schedulers import BinaryFlowMatchScheduler
 from .callbacks import StepEndCallbackMixin
 from .hub_loading import BinflowHubMixin
+from .self_conditioning import SelfConditioningMixin, denoiser_self_conditioning
 
 AGGREGATIONS = ("mean", "vote", "likelihood")
 
@@ -36,7 +36,7 @@ class MIMODetectionOutput(BaseOutput):
     sample_bits: torch.Tensor
 
 
-class BinaryFlowMIMOPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipeline):
+class BinaryFlowMIMOPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHubMixin, DiffusionPipeline):
     """
     MIMO detection by conditional binary flow matching (arXiv 2602.10420): for each channel use, integrate from
     noise at sigma = 1 to bits at sigma = 0, the denoiser seeing ``(y, H, N0)`` throughout.
@@ -46,6 +46,8 @@ class BinaryFlowMIMOPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPip
             The conditional denoiser; its config fixes the antennas and the modulation it detects.
         scheduler ([`BinaryFlowMatchScheduler`]):
             The ODE solver; its `prediction_type` must be the model's (`"sample"` or `"logits"`, in the model config).
+        self_conditioning (`bool`, *optional*): Whether the model is self-conditioned (Bit Diffusion: it also sees
+            the previous step's estimate, `self_conditioned_input`); defaults to the model's config.
 
     Inputs follow `diffusers_binflow.mimo.channel`: complex ``y (B, num_rx)`` and ``H (B, num_rx, num_tx)``, or
     their real-valued equivalents ``(B, 2 num_rx)`` and ``(B, 2 num_rx, n)``; ``noise_var`` is N0, the complex
@@ -54,10 +56,12 @@ class BinaryFlowMIMOPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPip
 
     model_cpu_offload_seq = "model"
 
-    def __init__(self, model, scheduler):
+    def __init__(self, model, scheduler, self_conditioning: bool | None = None):
         super().__init__()
         self.register_modules(model=model, scheduler=scheduler)
-
+        self.register_to_config(self_conditioning=denoiser_self_conditioning(model, self_conditioning))
+        if model is not None:
+            self.check_model_self_conditioning(model, "model")
 
     @property
     def modulation(self) -> str:
@@ -66,6 +70,7 @@ class BinaryFlowMIMOPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPip
     def check_inputs(self, y, H, modulation, num_inference_steps, num_samples, aggregation, generator):
         if not isinstance(self.model, MIMOFlowTransformer):
             raise ValueError(f"The model must be a MIMOFlowTransformer, got {type(self.model).__name__}.")
+        self.check_model_self_conditioning(self.model, "model")
         if not isinstance(self.scheduler, BinaryFlowMatchScheduler):
             raise ValueError(f"{type(self.scheduler).__name__} is not supported; use BinaryFlowMatchScheduler.")
         model_type, scheduler_type = self.model.config.prediction_type, self.scheduler.config.prediction_type
@@ -159,16 +164,14 @@ class BinaryFlowMIMOPipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPip
         scheduler = copy.deepcopy(self.scheduler)  # this call's own step index: concurrent calls share none
         scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(scheduler.timesteps)
-        prediction_type, bit_scale = self.model.config.prediction_type, self.scheduler.config.bit_scale
-        x0 = latents
+        bit_scale = self.scheduler.config.bit_scale
+        x0 = None  # the estimate of the clean signal, which a self-conditioned model sees at the next step
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             if self.interrupt:
                 continue
-            model_output = self.model(latents, t.expand(latents.shape[0]), channel_features=features,
-                                      return_dict=False)[0]
-            x0 = predict_x0(model_output, latents, t / self.scheduler.config.num_train_timesteps, prediction_type,
-                            bit_scale)
-            latents = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+            model_output = self.model(self.denoiser_input(latents, x0), t.expand(latents.shape[0]),
+                                      channel_features=features, return_dict=False)[0]
+            latents, x0 = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)
             latents = self.run_step_end_callback(callback_on_step_end, i, t, callback_on_step_end_tensor_inputs,
                                                  {"latents": latents})["latents"]
 

@@ -15,6 +15,7 @@ from ..sequences.codec import ids_to_texts, pad_token_ids
 from .callbacks import StepEndCallbackMixin
 from .completion import reimpose_known
 from .hub_loading import BinflowHubMixin
+from .self_conditioning import SelfConditioningMixin, denoiser_self_conditioning
 
 OUTPUT_TYPES = ("text", "ids", "bits", "latent")
 logger = logging.get_logger(__name__)
@@ -36,7 +37,7 @@ class BinaryFlowSequencePipelineOutput(BaseOutput):
     out_of_range: torch.Tensor
 
 
-class BinaryFlowSequencePipeline(StepEndCallbackMixin, BinflowHubMixin, DiffusionPipeline):
+class BinaryFlowSequencePipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHubMixin, DiffusionPipeline):
     """
     Binary flow matching over token sequences (arXiv 2602.10420): start from noise at sigma = 1 in the signal of
     every bit of every position, follow the denoiser's estimate down to sigma = 0, read the bits, turn each
@@ -48,6 +49,8 @@ class BinaryFlowSequencePipeline(StepEndCallbackMixin, BinflowHubMixin, Diffusio
         scheduler ([`BinaryFlowMatchScheduler`]): The ODE solver.
         tokenizer ([`~transformers.PreTrainedTokenizerFast`]): Decodes the ids; its vocabulary must be the one the
             denoiser was trained on (at most `denoiser.config.vocab_size` tokens) and have a pad token.
+        self_conditioning (`bool`, *optional*): Whether the denoiser is self-conditioned (Bit Diffusion: it also
+            sees the previous step's estimate, `self_conditioned_input`); defaults to the denoiser's config.
 
     Conditioning: `prefix` fixes the first tokens; `input_ids` with `infill_mask` (1 = generate, 0 = keep, as
     diffusers' masks) fixes any positions. Known tokens are returned exactly. Scheduler steps with
@@ -56,9 +59,12 @@ class BinaryFlowSequencePipeline(StepEndCallbackMixin, BinflowHubMixin, Diffusio
 
     model_cpu_offload_seq = "denoiser"
 
-    def __init__(self, denoiser, scheduler, tokenizer):
+    def __init__(self, denoiser, scheduler, tokenizer, self_conditioning: bool | None = None):
         super().__init__()
         self.register_modules(denoiser=denoiser, scheduler=scheduler, tokenizer=tokenizer)
+        self.register_to_config(self_conditioning=denoiser_self_conditioning(denoiser, self_conditioning))
+        if denoiser is not None:
+            self.check_model_self_conditioning(denoiser, "denoiser")
         if denoiser is not None and tokenizer is not None:
             self.check_tokenizer()
 
@@ -86,6 +92,7 @@ class BinaryFlowSequencePipeline(StepEndCallbackMixin, BinflowHubMixin, Diffusio
     def check_inputs(self, batch_size, length, num_inference_steps, generator, output_type):
         if not isinstance(self.scheduler, BinaryFlowMatchScheduler):
             raise ValueError(f"{type(self.scheduler).__name__} is not a BinaryFlowMatchScheduler.")
+        self.check_model_self_conditioning(self.denoiser, "denoiser")
         self.check_tokenizer()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
@@ -198,11 +205,13 @@ class BinaryFlowSequencePipeline(StepEndCallbackMixin, BinflowHubMixin, Diffusio
         scheduler = copy.deepcopy(self.scheduler)  # this call's own step index: concurrent calls share none
         scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(scheduler.timesteps)
+        x0 = None  # the estimate of the clean signal, which a self-conditioned denoiser sees at the next step
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             if self.interrupt:
                 continue
-            model_output = self.denoiser(latents, t.expand(batch_size).to(dtype), return_dict=False)[0]
-            latents = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+            model_output = self.denoiser(self.denoiser_input(latents, x0), t.expand(batch_size).to(dtype),
+                                         return_dict=False)[0]
+            latents, x0 = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)
             if known is not None:
                 latents = reimpose_known(latents, known, keep, scheduler.sigmas[i + 1], generator)
             latents = self.run_step_end_callback(callback_on_step_end, i, t, callback_on_step_end_tensor_inputs,

@@ -83,6 +83,8 @@ class BitSequenceTransformer(ModelMixin, ConfigMixin):
         intermediate_size (`int`, *optional*): Its feed-forward width; defaults to 4 * hidden_size.
         dropout (`float`): Every dropout rate of the encoder.
         backbone_kwargs (`dict`, *optional*): Further options of the encoder's config.
+        self_conditioning (`bool`): Take ``self_conditioned_input(x_sigma, x_hat_prev)``, (B, L, 2 * num_bits): the
+            noisy bits and the previous estimate (self-conditioning, Bit Diffusion).
     """
 
     # The encoder's layers take diffusers' `enable_gradient_checkpointing` (transformers'
@@ -102,10 +104,12 @@ class BitSequenceTransformer(ModelMixin, ConfigMixin):
         intermediate_size: int | None = None,
         dropout: float = 0.0,
         backbone_kwargs: dict | None = None,
+        self_conditioning: bool = False,
     ):
         super().__init__()
         self.codec = TokenBitCodec(vocab_size, bit_code)
-        self.proj_in = nn.Linear(self.codec.num_bits, hidden_size)
+        self.in_features = self.codec.num_bits * (2 if self_conditioning else 1)
+        self.proj_in = nn.Linear(self.in_features, hidden_size)
         self.backbone = SequenceBackbone(backbone_type, hidden_size, num_layers, num_heads, intermediate_size,
                                          max_length, dropout, backbone_kwargs)
         self.proj_out = nn.Linear(hidden_size, self.codec.num_bits)
@@ -120,11 +124,14 @@ class BitSequenceTransformer(ModelMixin, ConfigMixin):
     def forward(self, sample: torch.Tensor, timestep, return_dict: bool = True):
         """
         Args:
-            sample (`torch.Tensor` of shape (B, L, num_bits)): The noisy signal ``x_sigma``, L <= `max_length`.
+            sample (`torch.Tensor` of shape (B, L, num_bits)): The noisy signal ``x_sigma``, L <= `max_length`; with
+                `self_conditioning`, (B, L, 2 * num_bits), from `self_conditioned_input`.
             timestep (`float` or `torch.Tensor` of shape () or (B,)): ``sigma * num_train_timesteps``.
         """
-        if sample.ndim != 3 or sample.shape[-1] != self.num_bits:
-            raise ValueError(f"`sample` must have shape (batch, length, {self.num_bits}), got {tuple(sample.shape)}.")
+        if sample.ndim != 3 or sample.shape[-1] != self.in_features:
+            raise ValueError(f"`sample` must have shape (batch, length, {self.in_features}), got {tuple(sample.shape)}"
+                             + (" (a self-conditioned model takes `self_conditioned_input(x_sigma, x_hat_prev)`)."
+                                if self.config.self_conditioning else "."))
         if sample.shape[1] > self.config.max_length:
             raise ValueError(f"Sequences of {sample.shape[1]} positions are longer than the model's maximum "
                              f"{self.config.max_length}.")

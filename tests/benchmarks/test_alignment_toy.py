@@ -1,37 +1,25 @@
-"""benchmarks/alignment_toy.py: the smoke run writes well-formed results, and its Gaussian loss is the library's."""
+"""benchmarks.alignment_toy: the smoke run writes well-formed results, its Gaussian loss is the library's, and a
+diverging run is recorded, not fatal."""
 
-import importlib.util
 import json
 import math
-import subprocess
-import sys
+import types
 import warnings
-from pathlib import Path
 
 import PIL.Image
 import pytest
 import torch
 
+from benchmarks import alignment_toy as toy
 from diffusers_binflow.training import flow_matching_loss
+from tests.benchmarks.helpers import run_benchmark
 from tests.helpers import numbers
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "alignment_toy.py"
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("alignment_toy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("alignment_toy")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output_dir", str(out)],
-                          check=False, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout
+    return out, run_benchmark("alignment_toy", "--smoke", "--output_dir", out, timeout=300)
 
 
 def test_smoke_json(smoke):
@@ -58,6 +46,7 @@ def test_smoke_json(smoke):
         for stat in (cell["final_loss"], cell["eval_x_mse"], *cell["quality"].values()):
             assert math.isfinite(stat["mean"]) and math.isfinite(stat["std"])
     assert all(math.isfinite(x) for x in numbers(result))
+    assert result["command"].startswith("python -m benchmarks.alignment_toy --smoke")
     # the misaligned pair's output gradient grows towards the data end; the aligned one's does not
     slopes = {(c["dataset"], c["recipe"]): c["output_grad_p50_loglog_slope_small_sigma"] for c in cells}
     for dataset in ("bpsk", "gaussian"):
@@ -86,7 +75,6 @@ def test_smoke_markdown_and_plot(smoke):
 
 def test_gaussian_loss_matches_library_on_pm1_data():
     """The Gaussian-data loss, fed +-1 data, equals flow_matching_loss on the bits for every MSE recipe."""
-    toy = load_module()
     torch.manual_seed(0)
     model = toy.GatedMLP()
     bits = (torch.rand(64, toy.DIM, generator=torch.Generator().manual_seed(1)) < 0.5).float()
@@ -104,9 +92,20 @@ def test_gaussian_loss_matches_library_on_pm1_data():
 
 
 def test_model_is_called_like_a_diffusers_model():
-    toy = load_module()
     model = toy.GatedMLP()
     x = torch.randn(5, toy.DIM)
     (out,) = model(x, torch.full((5,), 300.0), return_dict=False)
     assert out.shape == x.shape
     torch.testing.assert_close(model(x, torch.tensor(300.0), return_dict=False)[0], out)
+
+
+def test_a_diverging_run_is_recorded_with_its_failed_sampling():
+    """At lr 1e6 the gated MLP's loss overflows within a few steps: training stops there, the scheduler then refuses
+    the model's non-finite estimate, and the run is recorded (diverged, no quality) instead of ending the grid."""
+    args = types.SimpleNamespace(steps=20, batch_size=16, lr=1e6, num_samples=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = toy.train_one("bpsk", toy.RECIPES[0], "uniform", 0, args)
+    assert run["diverged"] and run["stopped_at_step"] is not None and run["stopped_at_step"] < 20
+    assert math.isnan(run["final_loss"]) and math.isnan(run["eval_x_mse"])
+    assert run["sampling_failed"] and all(math.isnan(v) for v in run["quality"].values())

@@ -4,29 +4,24 @@ documented, and each smoke run writes well-formed results."""
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-import digit_runs
 import PIL.Image
 import pytest
 import torch
-from digit_runs import METHODS
 
+from benchmarks import digit_runs
+from benchmarks.digit_runs import METHODS
+from tests.benchmarks.helpers import run_benchmark
 from tests.helpers import numbers
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 HAVE_META = importlib.util.find_spec("flow_matching") is not None
 NEEDS_META = pytest.mark.skipif(not HAVE_META, reason="Meta's flow_matching is not installed (CC BY-NC 4.0, so not by "
                                 "`make install`; `make peers` installs it)")
 
 
-def run_smoke(script: str, out: Path, *extra: str) -> str:
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", "--output_dir", str(out), *extra],
-                          check=False, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+def run_smoke(name: str, out: Path, *extra) -> str:
+    return run_benchmark(name, "--smoke", "--output_dir", out, *extra)
 
 
 def check_png(path: Path):
@@ -34,38 +29,6 @@ def check_png(path: Path):
         image.verify()
     with PIL.Image.open(path) as image:
         assert image.format == "PNG" and min(image.size) > 100
-
-
-# ------------------------------------------------------------------------------------------- the peers' mechanics
-
-
-def test_uniform_flip_corruption_follows_its_survival_probability():
-    """A bit survives with probability 1 - t and is otherwise a fair coin: P(changed) = t / 2."""
-    method = METHODS["uniform-flip"]
-    bits = (torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
-    seen = {}
-
-    class Probe(torch.nn.Module):
-        def forward(self, sample, timestep, return_dict=False):
-            seen["sample"], seen["timestep"] = sample, timestep
-            return (torch.zeros_like(sample, requires_grad=True),)
-
-    loss, noise_level, _ = digit_runs.discrete_loss(method, Probe(), bits, torch.Generator().manual_seed(1))
-    changed = (seen["sample"] != 2 * bits - 1).float().flatten(1).mean(1)
-    torch.testing.assert_close(seen["timestep"], noise_level * 1000)
-    slope = (changed * noise_level).sum() / (noise_level**2).sum()  # least squares through 0
-    assert abs(slope.item() - 0.5) < 0.02
-    torch.testing.assert_close(loss, torch.tensor(math.log(2)))  # zero logits: BCE = log 2 everywhere
-
-
-@NEEDS_META
-def test_mask_source_inputs_show_masked_bits_as_zero_with_a_mask_channel():
-    method = METHODS["dfm-mask"]
-    state = torch.tensor([0, 1, digit_runs.MASK, 1]).view(1, 1, 2, 2)
-    inputs = digit_runs.discrete_inputs(method, state)
-    assert inputs.shape == (1, 2, 2, 2)
-    assert inputs[0, 0].flatten().tolist() == [-1.0, 1.0, 0.0, 1.0]
-    assert inputs[0, 1].flatten().tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
 @pytest.mark.parametrize("key", ["x-mse", "rf-fm-euler", "uniform-flip", pytest.param("dfm-mask", marks=NEEDS_META)])
@@ -92,12 +55,13 @@ def test_methods_that_differ_only_in_the_sampler_share_a_training_run(tmp_path):
 
 
 def test_alignment_digits_smoke(tmp_path):
-    stdout = run_smoke("alignment_digits.py", tmp_path, "--cache_dir", str(tmp_path / "cache"))
+    stdout = run_smoke("alignment_digits", tmp_path, "--cache_dir", tmp_path / "cache")
     result = json.loads((tmp_path / "alignment_digits.json").read_text())
     assert {"command", "machine", "config", "floor", "cells", "wall_seconds"} <= result.keys()
+    assert result["command"].startswith("python -m benchmarks.alignment_digits --smoke")
     assert [c["key"] for c in result["cells"]] == ["x-mse", "v-loss"]
     for cell in result["cells"]:
-        assert cell["n_seeds"] == len(cell["runs"]) == 1 and cell["n_diverged"] == 0
+        assert cell["n_seeds"] == len(cell["runs"]) == 1 and cell["n_diverged"] == cell["n_failed"] == 0
         assert set(cell["metrics"]) >= {"fd", "precision", "recall", "class_coverage", "speckle_rate"}
         assert cell["metrics"]["fd"]["mean"] > result["floor"]["fd"] > 0  # 20 steps are far from real digits
         bins = cell["output_grad_norm_per_sigma_bin"]
@@ -110,7 +74,7 @@ def test_alignment_digits_smoke(tmp_path):
     assert table.strip() in stdout
     check_png(tmp_path / "alignment_digits.png")
     # --cached_only reports the runs already trained, from the cache: the same scores
-    run_smoke("alignment_digits.py", tmp_path / "again", "--cache_dir", str(tmp_path / "cache"), "--cached_only")
+    run_smoke("alignment_digits", tmp_path / "again", "--cache_dir", tmp_path / "cache", "--cached_only")
     again = json.loads((tmp_path / "again" / "alignment_digits.json").read_text())
     assert [c["n_seeds"] for c in again["cells"]] == [1, 1] and again["config"]["cached_only"]
     assert [c["metrics"]["fd"] for c in again["cells"]] == [c["metrics"]["fd"] for c in result["cells"]]
@@ -127,7 +91,7 @@ def peers_cache(tmp_path_factory):
 @pytest.mark.parametrize("peers", [pytest.param(["jit", "rf-fm-euler", "uniform-flip"], id="diffusers"),
                                    pytest.param(["dfm-uniform", "dfm-mask"], marks=NEEDS_META, id="meta")])
 def test_peers_digits_smoke(peers, peers_cache, tmp_path):
-    run_smoke("peers_digits.py", tmp_path, "--cache_dir", str(peers_cache), "--peers", *peers)
+    run_smoke("peers_digits", tmp_path, "--cache_dir", peers_cache, "--peers", *peers)
     result = json.loads((tmp_path / "peers_digits.json").read_text())
     assert [m["key"] for m in result["methods"]] == ["x-mse-ln", *peers] and result["skipped"] == []
     for method in result["methods"]:
@@ -142,19 +106,27 @@ def test_peers_digits_smoke(peers, peers_cache, tmp_path):
 
 
 def test_sampler_variants_smoke(tmp_path):
-    stdout = run_smoke("sampler_variants.py", tmp_path, "--cache_dir", str(tmp_path / "cache"))
+    stdout = run_smoke("sampler_variants", tmp_path, "--cache_dir", tmp_path / "cache",
+                       "--methods", "x-mse-ln", "lr-bce-ln")
     result = json.loads((tmp_path / "sampler_variants.json").read_text())
-    rows = {row["variant"]: row for row in result["rows"]}
-    assert len(rows) == 4 and rows["Heun"]["steps"] == 2 and rows["Heun"]["nfe"] == 3  # 2 Heun steps = 3 calls
+    rows = {(row["method"], row["variant"]): row for row in result["rows"]}
+    assert len(rows) == 8 and rows["x-mse-ln", "Heun"]["steps"] == 2 and rows["x-mse-ln", "Heun"]["nfe"] == 3
     assert all(row["nfe"] == 3 and row["fd"]["mean"] > 0 and len(row["per_seed"]) == 1 for row in rows.values())
     assert all(math.isfinite(x) for x in numbers(result))
-    assert "| stochastic (ancestral) Euler | 3 |" in (tmp_path / "sampler_variants.md").read_text()
-    assert rows["corrector, s_churn 4"]["speckle_rate"]["mean"] >= 0
-    assert "FD" in stdout
+    table = (tmp_path / "sampler_variants.md").read_text()
+    assert "| lr-bce-ln | stochastic (ancestral) Euler | 3 |" in table
+    assert rows["x-mse-ln", "corrector, s_churn 4"]["speckle_rate"]["mean"] >= 0
+    # the data-end bit error: the likelihood residual is exact there by construction, whatever 20 steps taught it
+    for key, errors in result["data_end"].items():
+        assert [e["sigma"] for e in errors] == [0.05, 0.1, 0.2]
+        assert all(e["likelihood_bit_error"]["mean"] < 1e-3 for e in errors)
+    assert all(e["model_bit_error"]["mean"] == e["likelihood_bit_error"]["mean"]
+               for e in result["data_end"]["lr-bce-ln"][:2])
+    assert "FD" in stdout and "Data-end bit error" in table
 
 
 def test_cost_smoke(tmp_path):
-    run_smoke("cost.py", tmp_path)
+    run_smoke("cost", tmp_path)
     result = json.loads((tmp_path / "cost.json").read_text())
     for part in ("training", "sampling"):
         side = result[part]

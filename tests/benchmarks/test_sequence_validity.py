@@ -1,83 +1,70 @@
-"""benchmarks/sequence_validity.py: the smoke run writes well-formed results for every method and NFE, and its
+"""benchmarks.sequence_validity: the smoke run writes well-formed results for every method and NFE, and its
 pieces (the baseline's corruption process and sampler) behave as documented."""
 
-import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import PIL.Image
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sequence_validity.py"
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("sequence_validity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import sequence_validity
+from tests.benchmarks.helpers import run_benchmark
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("sequence_validity")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output_dir", str(out)], capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_benchmark("sequence_validity", "--smoke", "--output_dir", out)
     return out
 
 
 def test_smoke_run_reports_every_method_at_every_nfe(smoke):
     result = json.loads((smoke / "sequence_validity.json").read_text())
-    assert result["complete"] and result["config"]["smoke"] and "--smoke" in result["command"]
+    assert result["complete"] and result["config"]["smoke"]
+    assert result["command"].startswith("python -m benchmarks.sequence_validity --smoke")
     assert set(result["methods"]) == {"ours (BCE)", "ours (MSE)", "D3PM-uniform (DiscreteDDIM)"}
     for entry in result["methods"].values():
         assert [row["nfe"] for row in entry["by_nfe"]] == [1, 4]
         for row in entry["by_nfe"]:
             assert 0 <= row["novel_valid_fraction"] <= row["valid_fraction"] <= 1 and row["seconds_per_sample"] > 0
             assert len(row["examples"]) == 8 and all(isinstance(text, str) for text in row["examples"])
-        assert entry["num_parameters"] > 0 and entry["loss_curve"][-1]["step"] == 4
+        assert entry["num_parameters"] > 0 and entry["loss_curve"][-1]["step"] == 4 and not entry["diverged"]
     markdown = (smoke / "sequence_validity.md").read_text()
     assert "| ours (BCE) |" in markdown and "NFE 4" in markdown and result["command"] in markdown
     assert PIL.Image.open(smoke / "sequence_validity.png").size[0] > 100
 
 
 def test_the_baseline_shares_the_backbone_size_and_samples_vocabulary_ids():
-    module = load_module()
-    baseline = module.TokenDenoiser(vocab_size=14, max_length=6, hidden_size=32, num_layers=1, num_heads=2)
-    tokens = module.sample_d3pm(baseline.eval(), 5, 6, 14, nfe=3, generator=torch.Generator().manual_seed(0))
+    baseline = sequence_validity.TokenDenoiser(vocab_size=14, max_length=6, hidden_size=32, num_layers=1, num_heads=2)
+    tokens = sequence_validity.sample_d3pm(baseline.eval(), 5, 6, 14, nfe=3, generator=torch.Generator().manual_seed(0))
     assert tokens.shape == (5, 6) and tokens.min() >= 0 and tokens.max() < 14
     assert baseline(tokens, torch.full((5,), 500.0)).shape == (5, 6, 14)
 
 
 def test_the_baseline_loss_is_the_cross_entropy_of_a_uniform_guess_at_initialisation():
-    module = load_module()
 
     class Uniform(torch.nn.Module):
         def forward(self, tokens, t):
             return torch.zeros(*tokens.shape, 14)
 
     ids = torch.randint(0, 14, (8, 6), generator=torch.Generator().manual_seed(0))
-    loss = module.uniform_corruption_loss(Uniform(), ids, 14, torch.Generator().manual_seed(0))
+    loss = sequence_validity.uniform_corruption_loss(Uniform(), ids, 14, torch.Generator().manual_seed(0))
     assert torch.isclose(loss, torch.log(torch.tensor(14.0)))
 
 
 def test_runs_of_single_methods_combine_into_one_report(smoke, tmp_path):
-    module = load_module()
     full = json.loads((smoke / "sequence_validity.json").read_text())
     parts = [{**full, "command": f"run {i}", "methods": {name: entry}, "config": {**full["config"], "methods": [name]}}
              for i, (name, entry) in enumerate(full["methods"].items())]
-    module.main(["--combine", *[str(_write(tmp_path / f"part{i}.json", part)) for i, part in enumerate(parts)],
-                 "--output_dir", str(tmp_path / "combined")])
+    paths = [str(_write(tmp_path / f"part{i}.json", part)) for i, part in enumerate(parts)]
+    sequence_validity.main(["--combine", *paths, "--output_dir", str(tmp_path / "combined")])
     combined = json.loads((tmp_path / "combined" / "sequence_validity.json").read_text())
     assert combined["methods"] == full["methods"] and combined["complete"]
     assert combined["command"] == "run 0 ; run 1 ; run 2"
     assert "merged with `--combine`" in (tmp_path / "combined" / "sequence_validity.md").read_text()
     with pytest.raises(ValueError, match="same settings"):
-        module.combine([parts[0], {**parts[1], "config": {**parts[1]["config"], "steps": 99}}])
+        sequence_validity.combine([parts[0], {**parts[1], "config": {**parts[1]["config"], "steps": 99}}])
 
 
 def _write(path: Path, obj: dict) -> Path:

@@ -1,29 +1,24 @@
-"""benchmarks/synthetic_tv.py: the smoke run writes well-formed results whose floors are the metrics' own."""
+"""benchmarks.synthetic_tv: the smoke run writes well-formed results whose floors are the metrics' own, and a seed
+whose sampling fails is recorded without ending the run."""
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
+from benchmarks import synthetic_tv
+from tests.benchmarks.test_discrete_peers import HAVE_META
 from diffusers_binflow.metrics.distribution import finite_sample_floor
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_tv.py"
+from tests.benchmarks.helpers import run_benchmark
 
 
 def test_synthetic_tv_smoke(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--s_churn", "0", "4", "--output_dir", str(tmp_path)],
-                          check=False, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_benchmark("synthetic_tv", "--smoke", "--s_churn", "0", "4", "--output_dir", tmp_path, timeout=300)
     result = json.loads((tmp_path / "synthetic_tv.json").read_text())
-    import synthetic_tv
-
     names = list(synthetic_tv.distributions())
     assert [(row["distribution"], row["s_churn"]) for row in result["rows"]] == [(n, c) for n in names for c in (0, 4)]
     for row in result["rows"]:
-        assert row["num_samples"] == 300 and len(row["per_seed"]) == 1
+        assert row["num_samples"] == 300 and len(row["per_seed"]) == 1 and row["failed_seeds"] == 0
         assert 0 <= row["scores"]["tv"]["mean"] <= 1 and 0 < row["floor"]["tv"] <= 1
         assert math.isclose(row["tv_over_floor"]["mean"], row["scores"]["tv"]["mean"] / row["floor"]["tv"])
         assert ("validity" in row["scores"]) == ("code" in row["distribution"])
@@ -33,3 +28,49 @@ def test_synthetic_tv_smoke(tmp_path):
     assert math.isclose(result["rows"][0]["floor"]["tv"], expected)
     table = (tmp_path / "synthetic_tv.md").read_text()
     assert table.count("| default (x-MSE, logit-normal) | 16 | 0 |") == table.count("| 16 | 4 |") == len(names)
+
+
+def test_a_seed_whose_sampler_refuses_its_model_is_recorded_as_failed(tmp_path, monkeypatch):
+    """A model with a NaN weight makes the scheduler raise on its non-finite estimate: the run goes on and reports
+    that seed as failed."""
+    train = synthetic_tv.train
+
+    def train_then_break(*args):
+        training = train(*args)
+        with torch.no_grad():
+            training.model.out.bias[0] = math.nan
+        return training
+
+    monkeypatch.setattr(synthetic_tv, "train", train_then_break)
+    threads = torch.get_num_threads()
+    try:
+        synthetic_tv.main(["--smoke", "--distributions", "mixture of 8 noisy prototypes", "--nfes", "2", "--output_dir",
+                           str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = json.loads((tmp_path / "synthetic_tv.json").read_text())["rows"]
+    (seed,) = row["per_seed"]
+    assert row["failed_seeds"] == 1 and seed["failed"] and not seed["diverged"]  # the scheduler's message
+    assert seed["tv"] is None and row["scores"]["tv"] == {"mean": None, "std": None, "n": 0}
+    assert "| n/a (1 of 1 seeds failed) |" in (tmp_path / "synthetic_tv.md").read_text()
+
+
+def test_the_discrete_peers_train_and_sample_in_the_same_run_without_the_corrector(tmp_path):
+    peers = ["uniform flip (DiscreteDDIM)", "discrete FM, mask source"]
+    threads = torch.get_num_threads()
+    try:
+        synthetic_tv.main(["--smoke", "--distributions", "random [16, 8] code", "--recipes", "x-BCE, uniform", *peers,
+                           "--nfes", "2", "--s_churn", "0", "4", "--network", "transformer", "--output_dir",
+                           str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "synthetic_tv.json").read_text())
+    assert result["config"]["network"] == "transformer"
+    assert "2-layer bit transformer" in (tmp_path / "synthetic_tv.md").read_text()
+    ran = peers if HAVE_META else peers[:1]
+    assert result["skipped"] == ([] if HAVE_META else peers[1:])
+    # ours with and without the corrector; each peer once, with its own sampler
+    assert [(r["recipe"], r["s_churn"]) for r in result["rows"]] == [("x-BCE, uniform", 0), ("x-BCE, uniform", 4),
+                                                                     *[(p, 0) for p in ran]]
+    for row in result["rows"]:
+        assert row["failed_seeds"] == 0 and 0 <= row["scores"]["validity"]["mean"] <= 1

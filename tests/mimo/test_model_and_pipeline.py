@@ -12,13 +12,13 @@ from diffusers_binflow.mimo.model import MIMOFlowTransformer
 from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
 from diffusers_binflow.schedulers import BinaryFlowMatchScheduler
 from tests.hub_client import run_client
-from tests.helpers import StopAfterFirstStep
+from tests.helpers import StopAfterFirstStep, assert_each_step_saw_the_previous_estimate, record_calls
 
 
-def tiny_pipeline(modulation="qpsk", prediction_type="logits", num_tx=2, num_rx=2, seed=0):
+def tiny_pipeline(modulation="qpsk", prediction_type="logits", num_tx=2, num_rx=2, seed=0, self_conditioning=False):
     torch.manual_seed(seed)
     model = MIMOFlowTransformer(num_tx=num_tx, num_rx=num_rx, modulation=modulation, hidden_size=16, num_layers=1,
-                                num_heads=2, prediction_type=prediction_type)
+                                num_heads=2, prediction_type=prediction_type, self_conditioning=self_conditioning)
     with torch.no_grad():  # the zero-initialised output layers would hide the network from the tests
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -58,8 +58,37 @@ def test_pipeline_saves_and_loads(tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     loaded = BinaryFlowMIMOPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
-    assert torch.equal(detect(pipe, batch, num_inference_steps=3).probabilities,
-                       detect(loaded, batch, num_inference_steps=3).probabilities)
+    expected = detect(pipe, batch, num_inference_steps=3).probabilities
+    assert torch.equal(expected, detect(loaded, batch, num_inference_steps=3).probabilities)
+    # Saved before the configs recorded `self_conditioning`: loads as not self-conditioned, detects as before.
+    for config in (tmp_path / "pipe" / "model_index.json", tmp_path / "pipe" / "model" / "config.json"):
+        values = json.loads(config.read_text())
+        assert values.pop("self_conditioning") is False
+        config.write_text(json.dumps(values))
+    older = BinaryFlowMIMOPipeline.from_pretrained(tmp_path / "pipe")
+    older.set_progress_bar_config(disable=True)
+    assert not older.self_conditioning
+    assert torch.equal(expected, detect(older, batch, num_inference_steps=3).probabilities)
+
+
+@pytest.mark.parametrize("modulation", ["qpsk", "16qam"])
+def test_a_self_conditioned_model_sees_the_previous_steps_estimate_and_keeps_it_through_save_and_load(
+    modulation, tmp_path
+):
+    pipe, batch = tiny_pipeline(modulation, self_conditioning=True), channel(modulation=modulation)
+    assert pipe.self_conditioning, "read off the model's config"
+    calls = record_calls(pipe.model)
+    expected = detect(pipe, batch, num_inference_steps=3, num_samples=2).probabilities
+    assert_each_step_saw_the_previous_estimate(calls, dim=-1)
+    pipe.save_pretrained(tmp_path)
+    loaded = BinaryFlowMIMOPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.self_conditioning
+    assert torch.equal(expected, detect(loaded, batch, num_inference_steps=3, num_samples=2).probabilities)
+    with pytest.raises(ValueError, match="model was built with self_conditioning=True"):
+        BinaryFlowMIMOPipeline(model=pipe.model, scheduler=pipe.scheduler, self_conditioning=False)
+    with pytest.raises(ValueError, match=r"Expected sample \(B, \d+\).*self_conditioned_input"):
+        pipe.model(batch.bits, torch.full((6,), 500.0), y=batch.y, H=batch.H, noise_var=batch.noise_var)
 
 
 def test_pipeline_is_deterministic_given_the_generator():

@@ -59,12 +59,16 @@ def test_saves_a_loadable_pipeline_with_a_model_card_and_ber_table(trained):
 
 def test_recipe_options_reach_the_loss(tmp_path):
     proc = train(tmp_path, "--max_train_steps", "2", "--prediction_type", "sample", "--loss_type", "mse",
-                 "--loss_space", "v", "--ep_iterations", "2")
+                 "--loss_space", "v", "--ep_iterations", "2", "--self_conditioning")
     assert "misaligned" in proc.stderr  # the library's warning for x-prediction with a v-loss
     from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
 
-    config = BinaryFlowMIMOPipeline.from_pretrained(tmp_path).model.config
+    pipe = BinaryFlowMIMOPipeline.from_pretrained(tmp_path)
+    config = pipe.model.config
     assert config.prediction_type == "sample" and config.ep_iterations == 2
+    assert config.self_conditioning and pipe.config.self_conditioning
+    card = (tmp_path / "README.md").read_text()
+    assert "| self_conditioning | True |" in card and "self-conditioned" in card
 
 
 def test_push_to_hub_uploads_pipeline_and_card_but_no_checkpoints(session_hub, tmp_path):

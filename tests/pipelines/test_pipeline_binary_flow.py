@@ -16,25 +16,29 @@ from diffusers import (
 from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
 from diffusers_binflow.flow import predict_x0
 from tests.pipelines.oracle_denoiser import OracleDenoiser
-from tests.helpers import StopAfterFirstStep
+from tests.helpers import StopAfterFirstStep, assert_each_step_saw_the_previous_estimate, record_calls
 
 
-def tiny_unet(num_class_embeds=None, seed=0):
+def tiny_unet(num_class_embeds=None, seed=0, self_conditioning=False):
+    """A 1-channel denoiser; self-conditioned, it takes 2 channels: the sample and the previous estimate."""
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(4, 8), layers_per_block=1,
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=num_class_embeds)
+    return UNet2DModel(sample_size=8, in_channels=2 if self_conditioning else 1, out_channels=1,
+                       block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       num_class_embeds=num_class_embeds)
 
 
-def tiny_pipeline(**scheduler_kwargs):
-    pipe = BinaryFlowPipeline(unet=tiny_unet(), scheduler=BinaryFlowMatchScheduler(**scheduler_kwargs))
+def tiny_pipeline(self_conditioning=False, **scheduler_kwargs):
+    pipe = BinaryFlowPipeline(unet=tiny_unet(self_conditioning=self_conditioning),
+                              scheduler=BinaryFlowMatchScheduler(**scheduler_kwargs), self_conditioning=self_conditioning)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def conditional_pipeline(num_classes=3, **scheduler_kwargs):
-    pipe = BinaryFlowPipeline(unet=tiny_unet(num_class_embeds=num_classes + 1),
-                              scheduler=BinaryFlowMatchScheduler(**scheduler_kwargs), null_class_label=num_classes)
+def conditional_pipeline(num_classes=3, self_conditioning=False, **scheduler_kwargs):
+    pipe = BinaryFlowPipeline(unet=tiny_unet(num_class_embeds=num_classes + 1, self_conditioning=self_conditioning),
+                              scheduler=BinaryFlowMatchScheduler(**scheduler_kwargs), null_class_label=num_classes,
+                              self_conditioning=self_conditioning)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -322,15 +326,17 @@ def test_the_pipeline_records_what_its_denoiser_predicts_and_accepts_diffusers_n
 
 
 def test_a_pipeline_saved_before_it_recorded_its_prediction_type_loads_and_samples_as_before(tmp_path):
+    """Nor its `self_conditioning`: without the key a pipeline is not self-conditioned."""
     pipe = conditional_pipeline(prediction_type="logits", bit_scale=0.5)
     pipe.save_pretrained(tmp_path)
     model_index = json.loads((tmp_path / "model_index.json").read_text())
-    assert (model_index["prediction_type"], model_index["bit_scale"]) == ("logits", 0.5)
-    del model_index["prediction_type"], model_index["bit_scale"]
+    assert (model_index["prediction_type"], model_index["bit_scale"], model_index["self_conditioning"]) == \
+        ("logits", 0.5, False)
+    del model_index["prediction_type"], model_index["bit_scale"], model_index["self_conditioning"]
     (tmp_path / "model_index.json").write_text(json.dumps(model_index))
     loaded = BinaryFlowPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    assert (loaded.prediction_type, loaded.bit_scale) == ("logits", 0.5)
+    assert (loaded.prediction_type, loaded.bit_scale, loaded.self_conditioning) == ("logits", 0.5, False)
     kwargs = dict(batch_size=2, class_labels=[0, 2], guidance_scale=2.0, num_inference_steps=3, output_type="probs")
     assert torch.equal(pipe(**kwargs, generator=seeded()).images, loaded(**kwargs, generator=seeded()).images)
 
@@ -344,6 +350,49 @@ def test_a_denoiser_that_outputs_nan_is_refused_instead_of_read_as_bits(schedule
         pipe.unet.conv_out.bias[0] = float("nan")
     with pytest.raises(ValueError, match=r"step 0 \(sigma = 1\) holds NaN or inf"):
         pipe(num_inference_steps=2, output_type="pt")
+
+
+# ---------------------------------------------------------------------------------- self-conditioning
+
+
+def test_a_self_conditioned_denoiser_sees_the_previous_steps_estimate_also_in_completion():
+    pipe = tiny_pipeline(self_conditioning=True, prediction_type="logits")
+    assert pipe.sample_shape == (1, 8, 8)
+    calls = record_calls(pipe.unet)
+    pipe(batch_size=2, num_inference_steps=3, generator=seeded(), output_type="pt")
+    assert_each_step_saw_the_previous_estimate(calls, dim=1)
+    calls.clear()
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1
+    pipe(batch_size=2, image=torch.ones(1, 1, 8, 8), mask_image=mask, num_inference_steps=3, generator=seeded(),
+         output_type="pt")
+    assert_each_step_saw_the_previous_estimate(calls, dim=1)  # the estimate, not the known bits put back
+
+
+def test_a_self_conditioned_dit_transformer_samples_with_guidance():
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=2, out_channels=1,
+                                num_layers=1, norm_num_groups=1, sample_size=8, patch_size=2, num_embeds_ada_norm=4)
+    pipe = BinaryFlowPipeline(unet=dit, scheduler=BinaryFlowMatchScheduler(), null_class_label=3,
+                              self_conditioning=True)
+    pipe.set_progress_bar_config(disable=True)
+    calls = record_calls(dit)
+    images = pipe(batch_size=2, class_labels=[0, 2], guidance_scale=2.0, num_inference_steps=2, output_type="pt",
+                  generator=seeded()).images
+    assert images.shape == (2, 1, 8, 8)
+    class_condition, null_condition = calls[1][0][:, 1:].chunk(2)  # both passes see the guided estimate
+    assert torch.equal(class_condition, null_condition) and class_condition.abs().sum() > 0
+
+
+def test_a_denoiser_whose_input_channels_do_not_fit_the_self_conditioning_is_refused():
+    with pytest.raises(ValueError, match=r"self_conditioning=True\): .* in_channels=1, out_channels=1"):
+        BinaryFlowPipeline(unet=tiny_unet(), scheduler=BinaryFlowMatchScheduler(), self_conditioning=True)
+    with pytest.raises(ValueError, match="takes 2 channel.* create the pipeline with self_conditioning=True"):
+        BinaryFlowPipeline(unet=tiny_unet(self_conditioning=True), scheduler=BinaryFlowMatchScheduler())
+    pipe = tiny_pipeline()
+    pipe.unet = tiny_unet(self_conditioning=True)  # swapped in after construction: refused at the call
+    with pytest.raises(ValueError, match="takes 2 channel"):
+        pipe(num_inference_steps=2)
 
 
 # ----------------------------------------------------------------------------------- completion
@@ -465,3 +514,20 @@ def test_class_labels_must_be_integer_ids(labels):
 def test_bad_class_labels_are_refused(labels, message):
     with pytest.raises(ValueError, match=message):
         conditional_pipeline()(batch_size=2, class_labels=labels)
+
+
+def test_a_likelihood_residual_denoiser_with_a_zero_residual_samples_independent_fair_bits(tmp_path):
+    """A zero residual is the exact denoiser of independent fair bits (each bit's log-odds given its own noisy
+    value): the pipeline then draws fair, uncorrelated pixels, and the prediction type survives save and load."""
+    pipe = tiny_pipeline(prediction_type="likelihood_residual")
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.zero_()
+        pipe.unet.conv_out.bias.zero_()
+    assert pipe.prediction_type == "likelihood_residual"
+    bits = pipe(batch_size=256, num_inference_steps=8, generator=seeded(), output_type="pt").images.flatten(1)
+    assert abs(bits.mean().item() - 0.5) < 0.01
+    neighbours = torch.corrcoef(torch.stack([bits[:, :-1].flatten(), bits[:, 1:].flatten()]))[0, 1]
+    assert abs(neighbours.item()) < 0.02
+    pipe.save_pretrained(tmp_path)
+    loaded = BinaryFlowPipeline.from_pretrained(tmp_path)
+    assert loaded.prediction_type == loaded.scheduler.config.prediction_type == "likelihood_residual"

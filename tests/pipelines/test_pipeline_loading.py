@@ -44,9 +44,11 @@ REMOTE_CODE_RAN = "any(name.startswith('diffusers_modules') for name in sys.modu
 
 @pytest.fixture(scope="module")
 def pipelines():
-    """One tiny pipeline of each kind, by the name of its class."""
+    """One tiny pipeline of each kind, by the name of its class. The image one is self-conditioned: only its
+    pipeline config says so (a diffusers UNet records nothing), and it loads only with the setting kept."""
     tokenizer = train_tokenizer(TASK.texts("all"), "char")
-    made = [conditional_pipeline(prediction_type="logits"), sequence_pipeline(tokenizer), mimo_pipeline()]
+    made = [conditional_pipeline(prediction_type="logits", self_conditioning=True), sequence_pipeline(tokenizer),
+            mimo_pipeline()]
     return {type(pipe).__name__: pipe for pipe in made}
 
 

@@ -25,6 +25,13 @@ def test_sequences_longer_than_the_maximum_and_wrong_widths_are_refused():
         model(torch.randn(1, 5, 5), 1.0)
 
 
+def test_a_self_conditioned_model_takes_the_noisy_bits_and_the_previous_estimate():
+    model = BitSequenceTransformer(**TINY, self_conditioning=True)
+    assert model(torch.randn(3, 7, 8), 250.0).sample.shape == (3, 7, 4)
+    with pytest.raises(ValueError, match=r"\(batch, length, 8\).*self_conditioned_input"):
+        model(torch.randn(3, 7, 4), 250.0)
+
+
 def test_save_and_load_give_the_same_outputs(tmp_path):
     torch.manual_seed(0)
     model = BitSequenceTransformer(**TINY, bit_code="gray")

@@ -1,5 +1,6 @@
 """BinaryFlowSequencePipeline: generation, determinism, save/load, prefix and infill conditioning, refusals, Hub."""
 
+import json
 import textwrap
 
 import pytest
@@ -14,7 +15,7 @@ from diffusers_binflow.sequences import (
     train_tokenizer,
 )
 from tests.hub_client import run_client
-from tests.helpers import StopAfterFirstStep
+from tests.helpers import StopAfterFirstStep, assert_each_step_saw_the_previous_estimate, record_calls
 
 TASK = ArithmeticStatements(max_operand=9)
 
@@ -24,11 +25,11 @@ def tokenizer():
     return train_tokenizer(TASK.texts("all"), "char")  # 14 tokens: [PAD], [UNK], +, =, 0-9 -> 4 bits
 
 
-def make_pipeline(tokenizer, bias=None, stochastic=False, vocab_size=None):
+def make_pipeline(tokenizer, bias=None, stochastic=False, vocab_size=None, self_conditioning=False):
     """A tiny pipeline whose output layer is random (or a constant `bias`), so samples depend on the noise."""
     torch.manual_seed(0)
     denoiser = BitSequenceTransformer(vocab_size=vocab_size or len(tokenizer), max_length=8, hidden_size=32,
-                                      num_layers=1, num_heads=2)
+                                      num_layers=1, num_heads=2, self_conditioning=self_conditioning)
     with torch.no_grad():
         if bias is None:
             torch.nn.init.normal_(denoiser.proj_out.weight, std=2.0)
@@ -78,6 +79,32 @@ def test_save_and_load_reproduce_the_samples(pipe, tmp_path):
     assert torch.equal(sample(loaded), sample(pipe))
     assert loaded(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).sequences == \
         pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).sequences
+    # Saved before the configs recorded `self_conditioning`: loads as not self-conditioned, samples as before.
+    for config in (tmp_path / "model_index.json", tmp_path / "denoiser" / "config.json"):
+        values = json.loads(config.read_text())
+        assert values.pop("self_conditioning") is False
+        config.write_text(json.dumps(values))
+    older = BinaryFlowSequencePipeline.from_pretrained(tmp_path)
+    older.set_progress_bar_config(disable=True)
+    assert not older.self_conditioning and torch.equal(sample(older), sample(pipe))
+
+
+def test_a_self_conditioned_denoiser_sees_the_previous_steps_estimate_and_keeps_it_through_save_and_load(
+    tokenizer, tmp_path
+):
+    pipe = make_pipeline(tokenizer, self_conditioning=True)
+    assert pipe.self_conditioning, "read off the denoiser's config"
+    calls = record_calls(pipe.denoiser)
+    expected = sample(pipe, prefix="3+")  # with known tokens put back after each step
+    assert_each_step_saw_the_previous_estimate(calls, dim=-1)
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["self_conditioning"] is True
+    loaded = BinaryFlowSequencePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.self_conditioning and torch.equal(sample(loaded, prefix="3+"), expected)
+    with pytest.raises(ValueError, match="denoiser was built with self_conditioning=True"):
+        BinaryFlowSequencePipeline(denoiser=pipe.denoiser, scheduler=pipe.scheduler, tokenizer=tokenizer,
+                                   self_conditioning=False)
 
 
 @pytest.mark.parametrize("stochastic", [False, True])

@@ -105,9 +105,11 @@ def test_a_text_file_trains_with_a_tokenizer_folder(tmp_path, tiny_config):
     (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n\n")
     train_tokenizer(lines, "word").save_pretrained(tmp_path / "word-tokenizer")
     train(tmp_path / "words", tiny_config, "--train_file", str(tmp_path / "lines.txt"), "--tokenizer_name_or_path",
-          str(tmp_path / "word-tokenizer"), "--bit_code", "gray", "--max_length", "5")
+          str(tmp_path / "word-tokenizer"), "--bit_code", "gray", "--max_length", "5", "--self_conditioning")
     pipe = BinaryFlowSequencePipeline.from_pretrained(tmp_path / "words")
     assert pipe.denoiser.config.max_length == 5 and pipe.denoiser.codec.bit_code == "gray"
+    assert pipe.config.self_conditioning and pipe.denoiser.config.self_conditioning
+    assert "| self_conditioning | True |" in (tmp_path / "words" / "README.md").read_text()
     assert set(pipe.tokenizer.get_vocab()) == {"[PAD]", "[UNK]", "the", "a", "cat", "dog", "sat", "ran", "far"}
     assert "valid_fraction" not in json.loads((tmp_path / "words" / "training_summary.json").read_text())
     assert all(len(text.split()) <= 5 for text in (tmp_path / "words" / "samples.txt").read_text().splitlines())

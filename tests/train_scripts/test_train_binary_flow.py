@@ -130,7 +130,7 @@ def test_push_to_hub_publishes_the_pipeline_and_card_but_no_checkpoints(session_
     output_dir = tmp_path / "published"
     token = "hf_publish_token_not_in_files"
     train(output_dir, tiny_config, "--push_to_hub", "--hub_model_id", "tester/digits-tiny", "--hub_token", token,
-          "--logging_dir", "tb_logs", "--report_to", "tensorboard")
+          "--logging_dir", "tb_logs", "--report_to", "tensorboard", "--self_conditioning")
     assert (output_dir / "tb_logs" / "train_log.jsonl").is_file() and not (output_dir / "logs").exists()
     assert list((output_dir / "tb_logs").rglob("events.out.tfevents.*")), "TensorBoard writes into --logging_dir"
     files = session_hub.files("tester/digits-tiny")
@@ -140,6 +140,8 @@ def test_push_to_hub_publishes_the_pipeline_and_card_but_no_checkpoints(session_
     assert str(tmp_path) not in files["training_config.json"].decode(), "no local paths are published"
     assert all(token.encode() not in content for content in files.values())
     assert all(token.encode() not in p.read_bytes() for p in output_dir.rglob("*") if p.is_file())
+    card = files["README.md"].decode()
+    assert "| self_conditioning | True |" in card and "self-conditioned" in card
 
     out = run_client(session_hub, tmp_path, """
         import torch, diffusers_binflow
@@ -147,9 +149,10 @@ def test_push_to_hub_publishes_the_pipeline_and_card_but_no_checkpoints(session_
         pipe = BinaryFlowPipeline.from_pretrained("tester/digits-tiny")
         images = pipe(batch_size=2, num_inference_steps=2, output_type="np",
                       generator=torch.Generator().manual_seed(0)).images
-        emit({"shape": list(images.shape)})
+        emit({"shape": list(images.shape), "self_conditioning": pipe.config.self_conditioning,
+              "in_channels": pipe.unet.config.in_channels})
     """)
-    assert out["shape"] == [2, 28, 28, 1]
+    assert out == {"shape": [2, 28, 28, 1], "self_conditioning": True, "in_channels": 2}
 
 
 def test_a_failed_upload_keeps_the_output_and_says_how_to_retry(session_hub, tmp_path, tiny_config):
@@ -235,6 +238,9 @@ def test_a_pretrained_model_of_another_size_is_refused(trained, tmp_path, tiny_c
     message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(base), "--class_conditional",
                       "--prediction_type", "logits")
     assert "The pretrained model predicts 'sample' at bit_scale 1.0: pass --prediction_type sample" in message
+    message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(base), "--class_conditional",
+                      "--self_conditioning")
+    assert "The pretrained model is not self-conditioned: drop --self_conditioning." in message
 
 
 def test_a_fresh_run_never_overwrites_checkpoints(trained, tmp_path, tiny_config):
