@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from diffusers_binflow.diagnostics import data_end_bit_errors
+from diffusers_binflow.flow import MAX_LIKELIHOOD_LOGIT
 from diffusers_binflow.metrics import DigitMetrics
 from diffusers_binflow.metrics.digits import digit_bits
 
@@ -37,6 +38,9 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     **{f"corrector, s_churn {c:g}": {"s_churn": float(c), "s_tmin": 0.05, "s_tmax": 0.7} for c in (2, 4, 8, 16)},
     # The grid's timestep shift (sigma -> shift sigma / (1 + (shift - 1) sigma)): > 1 puts more steps near noise.
     **{f"Euler, shift {shift:g}": {"shift": float(shift)} for shift in (0.5, 2)},
+    # For likelihood-residual models: cap the likelihood term's log-odds so that the network can veto a bit.
+    **{f"likelihood cap {cap:g}": {"likelihood_cap": float(cap)} for cap in (2, 4)},
+    "likelihood cap 2, corrector s_churn 8": {"likelihood_cap": 2.0, "s_churn": 8.0, "s_tmin": 0.05, "s_tmax": 0.7},
 }
 DATA_END_SIGMAS = (0.05, 0.1, 0.2)
 DATA_END_DIGITS = 2000  # held-out digits noised for the data-end bit error
@@ -44,11 +48,11 @@ DEFAULT_VARIANTS = ["Euler (default)", "Heun", "stochastic (ancestral) Euler", "
 SCORES = ("fd", "precision", "recall", "speckle_rate")
 
 
-def data_end(run) -> list[dict]:
+def data_end(run, likelihood_cap: float = MAX_LIKELIHOOD_LOGIT) -> list[dict]:
     """The run's data-end bit errors on the first `DATA_END_DIGITS` held-out digits (fixed noise)."""
     return data_end_bit_errors(run.model, digit_bits("heldout")[:DATA_END_DIGITS], run.method.prediction_type,
                                DATA_END_SIGMAS, generator=torch.Generator().manual_seed(0),
-                               self_conditioning=run.method.self_conditioning)
+                               self_conditioning=run.method.self_conditioning, likelihood_cap=likelihood_cap)
 
 
 def sample_rows(method, runs, args, metrics) -> list[dict]:
@@ -128,10 +132,14 @@ def main(argv=None):
     for key in args.methods:
         method = METHODS[key]
         runs = [train(method, seed, args.steps, args.batch_size, args.cache_dir) for seed in args.seeds]
-        per_seed = [data_end(run) for run in runs]
-        errors[key] = [{"sigma": sigma, **{k: mean_std([seed[i][k] for seed in per_seed])
-                                           for k in ("model_bit_error", "likelihood_bit_error")}}
-                       for i, sigma in enumerate(DATA_END_SIGMAS)]
+        caps = {VARIANTS[v].get("likelihood_cap") for v in args.variants} if method.prediction_type == \
+            "likelihood_residual" else set()
+        for cap in [MAX_LIKELIHOOD_LOGIT, *sorted(c for c in caps if c is not None)]:
+            per_seed = [data_end(run, cap) for run in runs]
+            label = key if cap == MAX_LIKELIHOOD_LOGIT else f"{key}, likelihood cap {cap:g}"
+            errors[label] = [{"sigma": sigma, **{k: mean_std([seed[i][k] for seed in per_seed])
+                                                 for k in ("model_bit_error", "likelihood_bit_error")}}
+                             for i, sigma in enumerate(DATA_END_SIGMAS)]
         rows += sample_rows(method, runs, args, metrics)
     floor = metrics.floor(args.num_samples, seed=0)
     result = {"command": command_line(__spec__.name, argv), "machine": machine(),

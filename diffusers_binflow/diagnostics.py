@@ -4,7 +4,7 @@ gradient size per sigma, and how often the model's estimate gets a bit wrong at 
 import torch
 
 from .bits import bits_to_signal
-from .flow import interpolate, predict_x0, self_conditioned_input
+from .flow import MAX_LIKELIHOOD_LOGIT, interpolate, predict_x0, self_conditioned_input
 
 
 def output_gradient_norms(loss: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
@@ -46,12 +46,13 @@ def per_sigma_bin_stats(
 def data_end_bit_errors(model, bits: torch.Tensor, prediction_type: str, sigmas=(0.05, 0.1, 0.2),
                         bit_scale: float = 1.0, num_train_timesteps: int = 1000,
                         generator: torch.Generator | None = None, model_kwargs: dict | None = None,
-                        self_conditioning: bool = False) -> list[dict]:
+                        self_conditioning: bool = False, likelihood_cap: float = MAX_LIKELIHOOD_LOGIT) -> list[dict]:
     """On real `bits` noised to each sigma, the share of bits whose estimate ``x_hat`` has the wrong sign, next to
     the share where ``x_sigma`` itself does (the error of trusting each bit's own likelihood, ~0 at small sigma).
 
     A model that is exact on the data manifold matches the likelihood's error there; more is a data-end error.
-    A self-conditioned model first sees zeros, then its own estimate (as at a sampler's second step). Returns one dict per sigma: ``sigma``, ``model_bit_error``, ``likelihood_bit_error``.
+    A self-conditioned model first sees zeros, then its own estimate (as at a sampler's second step);
+    `likelihood_cap` is the sampler's (see `flow.likelihood_logits`). Returns one dict per sigma: ``sigma``, ``model_bit_error``, ``likelihood_bit_error``.
     """
     clean = bits_to_signal(bits, bit_scale)
     rows = []
@@ -62,7 +63,7 @@ def data_end_bit_errors(model, bits: torch.Tensor, prediction_type: str, sigmas=
         for _ in range(2 if self_conditioning else 1):
             inputs = self_conditioned_input(noisy, x_hat) if self_conditioning else noisy
             output = model(inputs, timesteps, **(model_kwargs or {}), return_dict=False)[0]
-            x_hat = predict_x0(output, noisy, sigma, prediction_type, bit_scale)
+            x_hat = predict_x0(output, noisy, sigma, prediction_type, bit_scale, likelihood_cap)
         rows.append({"sigma": sigma, "model_bit_error": ((x_hat > 0) != (clean > 0)).float().mean().item(),
                      "likelihood_bit_error": ((noisy > 0) != (clean > 0)).float().mean().item()})
     return rows

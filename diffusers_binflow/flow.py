@@ -13,7 +13,9 @@ What a network may predict (``prediction_type``):
 - ``"sample"``: ``x_hat`` itself;
 - ``"logits"``: per-bit logits ``l`` with ``x_hat = bit_scale * tanh(l / 2)`` (i.e. ``2 * sigmoid(l) - 1``, scaled);
 - ``"likelihood_residual"``: a correction ``r`` to each bit's log-odds given ``x_sigma`` alone, so the logits are
-  ``likelihood_logits(x_sigma, sigma) + r`` (exact at the data end by construction, whatever the network does);
+  ``likelihood_logits(x_sigma, sigma) + r``, the likelihood term capped at +-``likelihood_cap`` nats. With the
+  default cap (50, i.e. none) the data end is exact by construction, whatever the network does; a small cap lets
+  the network veto a bit its spatial prior rejects (a sampler's off-manifold mistakes);
 - ``"velocity"``: ``v = eps - x``, so ``x_hat = x_sigma - sigma * v`` (diffusers calls it ``"flow_prediction"``);
 - ``"epsilon"``: ``eps``, so ``x_hat = (x_sigma - sigma * eps) / (1 - sigma)``.
 """
@@ -33,8 +35,8 @@ LOGIT_PREDICTION_TYPES = ("logits", "likelihood_residual")
 
 # An epsilon prediction says nothing about x at sigma = 1; its x_hat divides by (1 - sigma), floored here.
 MIN_SIGNAL_FRACTION = 1e-3
-# Likelihood log-odds are capped here: sigmoid(50) is 1 in float32, and the cap keeps x_sigma / sigma^2 finite
-# (an unbounded term would make the cross-entropy inf - inf = NaN as sigma -> 0).
+# Likelihood log-odds are capped at most here: sigmoid(50) is 1 in float32, and the cap keeps x_sigma / sigma^2
+# finite (an unbounded term would make the cross-entropy inf - inf = NaN as sigma -> 0).
 MAX_LIKELIHOOD_LOGIT = 50.0
 
 
@@ -73,38 +75,42 @@ def renoise(sample: torch.Tensor, noise: torch.Tensor, sigma, sigma_up) -> torch
     return scale * sample + (sigma_up**2 - (scale * sigma) ** 2).clamp(min=0).sqrt() * noise
 
 
-def likelihood_logits(sample: torch.Tensor, sigma, bit_scale: float = 1.0) -> torch.Tensor:
+def likelihood_logits(sample: torch.Tensor, sigma, bit_scale: float = 1.0,
+                      likelihood_cap: float = MAX_LIKELIHOOD_LOGIT) -> torch.Tensor:
     """Each bit's log-odds given its own coordinate of ``x_sigma`` alone (equal priors): the path's two Gaussians,
     means ``+-(1 - sigma) * bit_scale`` and std ``sigma``, give ``2 * bit_scale * (1 - sigma) * x_sigma / sigma**2``,
-    capped at +-`MAX_LIKELIHOOD_LOGIT`. `sigma` must be positive."""
+    capped at +-`likelihood_cap` (at most `MAX_LIKELIHOOD_LOGIT`). `sigma` must be positive."""
+    cap = min(likelihood_cap, MAX_LIKELIHOOD_LOGIT)
     sigma = expand_sigma(sigma, sample)
     logits = 2 * bit_scale * (1 - sigma) * sample / sigma**2
-    return logits.nan_to_num(posinf=MAX_LIKELIHOOD_LOGIT, neginf=-MAX_LIKELIHOOD_LOGIT).clamp(
-        -MAX_LIKELIHOOD_LOGIT, MAX_LIKELIHOOD_LOGIT)
+    return logits.nan_to_num(posinf=cap, neginf=-cap).clamp(-cap, cap)
 
 
 def bit_logits(model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str,
-               bit_scale: float = 1.0) -> torch.Tensor:
+               bit_scale: float = 1.0, likelihood_cap: float = MAX_LIKELIHOOD_LOGIT) -> torch.Tensor:
     """The per-bit logits of a logit prediction (`LOGIT_PREDICTION_TYPES`): the output itself, or the likelihood
-    log-odds plus the output's correction."""
+    log-odds (capped at `likelihood_cap`) plus the output's correction."""
     prediction_type = check_prediction_type(prediction_type)
     if prediction_type not in LOGIT_PREDICTION_TYPES:
         raise ValueError(f"prediction_type={prediction_type!r} has no per-bit logits; use one of "
                          f"{LOGIT_PREDICTION_TYPES}.")
     if prediction_type == "logits":
         return model_output
-    return likelihood_logits(sample, sigma, bit_scale) + model_output
+    return likelihood_logits(sample, sigma, bit_scale, likelihood_cap) + model_output
 
 
 def predict_x0(
-    model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
+    model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0,
+    likelihood_cap: float = MAX_LIKELIHOOD_LOGIT,
 ) -> torch.Tensor:
-    """The clean-signal estimate ``x_hat`` implied by `model_output` for the noisy `sample` at `sigma`."""
+    """The clean-signal estimate ``x_hat`` implied by `model_output` for the noisy `sample` at `sigma`
+    (`likelihood_cap`: see `likelihood_logits`; only `"likelihood_residual"` reads it)."""
     prediction_type = check_prediction_type(prediction_type)
     if prediction_type == "sample":
         return model_output
     if prediction_type in LOGIT_PREDICTION_TYPES:
-        return bit_scale * torch.tanh(bit_logits(model_output, sample, sigma, prediction_type, bit_scale) / 2)
+        logits = bit_logits(model_output, sample, sigma, prediction_type, bit_scale, likelihood_cap)
+        return bit_scale * torch.tanh(logits / 2)
     sigma = expand_sigma(sigma, sample)
     if prediction_type == "velocity":
         return sample - sigma * model_output
@@ -117,16 +123,19 @@ def velocity_from_x0(sample: torch.Tensor, x0: torch.Tensor, sigma) -> torch.Ten
 
 
 def predict_velocity(
-    model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
+    model_output: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0,
+    likelihood_cap: float = MAX_LIKELIHOOD_LOGIT,
 ) -> torch.Tensor:
     """The ODE derivative ``dx_sigma / dsigma`` implied by `model_output` at a positive `sigma`."""
     if check_prediction_type(prediction_type) == "velocity":
         return model_output
-    return velocity_from_x0(sample, predict_x0(model_output, sample, sigma, prediction_type, bit_scale), sigma)
+    x0 = predict_x0(model_output, sample, sigma, prediction_type, bit_scale, likelihood_cap)
+    return velocity_from_x0(sample, x0, sigma)
 
 
 def model_output_from_x0(
-    x0: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0
+    x0: torch.Tensor, sample: torch.Tensor, sigma, prediction_type: str, bit_scale: float = 1.0,
+    likelihood_cap: float = MAX_LIKELIHOOD_LOGIT,
 ) -> torch.Tensor:
     """The output of `prediction_type` that implies the estimate `x0` (the inverse of `predict_x0`; sigma > 0).
 
@@ -138,7 +147,9 @@ def model_output_from_x0(
     if prediction_type in LOGIT_PREDICTION_TYPES:
         limit = 1 - torch.finfo(torch.float32).eps
         logits = 2 * torch.atanh((x0 / bit_scale).clamp(-limit, limit))
-        return logits if prediction_type == "logits" else logits - likelihood_logits(sample, sigma, bit_scale)
+        if prediction_type == "logits":
+            return logits
+        return logits - likelihood_logits(sample, sigma, bit_scale, likelihood_cap)
     sigma = expand_sigma(sigma, sample)
     if prediction_type == "velocity":
         return (sample - x0) / sigma

@@ -116,3 +116,16 @@ def test_self_conditioned_input_appends_the_estimate_or_zeros_on_the_feature_axi
     assert torch.equal(self_conditioned_input(sample, x_hat), torch.cat([sample, x_hat], dim))
     with pytest.raises(ValueError, match="must match"):
         self_conditioned_input(sample, x_hat[:1])
+
+
+def test_a_likelihood_cap_bounds_the_likelihood_term_so_the_residual_can_veto():
+    sample = torch.tensor([[-0.9, -0.1, 0.1, 0.9]])
+    capped = likelihood_logits(sample, 0.05, likelihood_cap=2.0)
+    assert torch.equal(capped, torch.tensor([[-2.0, -2.0, 2.0, 2.0]]))
+    veto = torch.full_like(sample, -3.0)  # the network rejects every bit
+    assert (predict_x0(veto, sample, 0.05, "likelihood_residual", likelihood_cap=2.0) < 0).all()
+    assert torch.equal(predict_x0(veto, sample, 0.05, "likelihood_residual") > 0, sample > 0)  # uncapped: exact
+    # the cap never raises the built-in bound, and it leaves the other prediction types alone
+    assert likelihood_logits(sample, 1e-4, likelihood_cap=1e6).abs().max() == MAX_LIKELIHOOD_LOGIT
+    assert torch.equal(predict_x0(veto, sample, 0.05, "logits", likelihood_cap=2.0), predict_x0(veto, sample, 0.05,
+                                                                                                 "logits"))

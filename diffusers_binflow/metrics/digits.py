@@ -129,17 +129,24 @@ def pixel_marginal_error(bits: torch.Tensor, reference_bits: torch.Tensor) -> fl
     return (bits.double().mean(0) - reference_bits.double().mean(0)).abs().mean().item()
 
 
-def speckle_rate(bits: torch.Tensor) -> float:
-    """Share of ON pixels none of whose 4 neighbours (up, down, left, right; off the border counts as OFF) is ON,
-    over all images (N, 1, H, W); 0 when no pixel is ON. Threshold noise of analog samplers shows up here."""
+def isolated_pixels(bits: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the ON pixels none of whose 4 neighbours (up, down, left, right; off the border counts as
+    OFF) is ON, for images (..., H, W)."""
     if bits.ndim < 2:
         raise ValueError(f"Images must be (..., H, W), got {tuple(bits.shape)}.")
     check_binary(bits)
     on = bits.double()
     padded = torch.nn.functional.pad(on, (1, 1, 1, 1))
     neighbours = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
-    total = on.sum()
-    return ((on * (neighbours == 0)).sum() / total).item() if total > 0 else 0.0
+    return (on == 1) & (neighbours == 0)
+
+
+def speckle_rate(bits: torch.Tensor) -> float:
+    """Share of ON pixels that are isolated (`isolated_pixels`), over all images (N, 1, H, W); 0 when no pixel is
+    ON. Threshold noise of analog samplers shows up here."""
+    isolated = isolated_pixels(bits)
+    total = bits.sum()
+    return (isolated.sum() / total).item() if total > 0 else 0.0
 
 
 def nearest_neighbour_hamming(bits: torch.Tensor, reference_bits: torch.Tensor, chunk: int = 500) -> torch.Tensor:

@@ -15,7 +15,14 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
-from ..flow import check_finite_estimate, check_prediction_type, model_output_from_x0, predict_velocity, predict_x0
+from ..flow import (
+    MAX_LIKELIHOOD_LOGIT,
+    check_finite_estimate,
+    check_prediction_type,
+    model_output_from_x0,
+    predict_velocity,
+    predict_x0,
+)
 from ..schedulers import BinaryFlowMatchScheduler
 from ..utils import check_positive
 from .binary_images import bits_to_images, images_to_bits
@@ -90,6 +97,12 @@ class BinaryFlowPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHub
     @property
     def bit_scale(self) -> float:
         return self.config.bit_scale
+
+    @property
+    def readout(self) -> tuple:
+        """How the denoiser's output becomes x_hat, as `predict_x0` takes it: (prediction_type, bit_scale,
+        likelihood_cap); the cap of a `"likelihood_residual"` denoiser is a sampler setting, the scheduler's."""
+        return (self.prediction_type, self.bit_scale, self.scheduler.config.get("likelihood_cap", MAX_LIKELIHOOD_LOGIT))
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -206,10 +219,9 @@ class BinaryFlowPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHub
             return self._denoise(model_input, t, class_labels)
         null_labels = torch.full_like(class_labels, self.config.null_class_label)
         both = self._denoise(torch.cat([model_input, model_input]), t, torch.cat([class_labels, null_labels]))
-        x_class, x_null = predict_x0(both, torch.cat([latents, latents]), sigma, self.prediction_type,
-                                     self.bit_scale).chunk(2)
+        x_class, x_null = predict_x0(both, torch.cat([latents, latents]), sigma, *self.readout).chunk(2)
         x_guided = x_null + guidance_scale * (x_class - x_null)
-        return model_output_from_x0(x_guided, latents, sigma, self.prediction_type, self.bit_scale)
+        return model_output_from_x0(x_guided, latents, sigma, *self.readout)
 
     def _denoise(self, sample: torch.Tensor, t: torch.Tensor, class_labels):
         timesteps = t.expand(sample.shape[0]).to(device=sample.device, dtype=sample.dtype)
@@ -297,10 +309,10 @@ class BinaryFlowPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHub
                 continue
             sigma = t / scheduler.config.num_train_timesteps
             model_output = self.predict(latents, t, class_labels, guidance_scale, x_hat_prev=x0)
-            x0 = predict_x0(model_output, latents, sigma, self.prediction_type, self.bit_scale)
+            x0 = predict_x0(model_output, latents, sigma, *self.readout)
             check_finite_estimate(x0, i, sigma)
             if isinstance(scheduler, VELOCITY_SCHEDULERS):
-                model_output = predict_velocity(model_output, latents, sigma, self.prediction_type, self.bit_scale)
+                model_output = predict_velocity(model_output, latents, sigma, *self.readout)
             latents = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
             if known is not None:
                 latents = reimpose_known(latents, known, keep, scheduler.sigmas[i + 1], generator)

@@ -12,6 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..bits import bits_to_signal, signal_to_bits, signal_to_probabilities
 from ..flow import (
+    MAX_LIKELIHOOD_LOGIT,
     check_finite_estimate,
     check_prediction_type,
     interpolate,
@@ -84,6 +85,10 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             The sigma window of the corrector.
         s_noise (`float`, defaults to 1.0):
             Scale of the fresh noise (EDM's S_noise; 1 stays exactly on the path's marginals).
+        likelihood_cap (`float`, defaults to 50.0):
+            For `prediction_type="likelihood_residual"`: the most log-odds the likelihood term contributes
+            (`flow.likelihood_logits`). 50 trusts it fully (exact at the data end); a few nats let the network's
+            correction veto bits its prior rejects, such as isolated pixels a sampler left off the data manifold.
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler"]
@@ -103,6 +108,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         s_tmin: float = 0.05,
         s_tmax: float = 0.7,
         s_noise: float = 1.0,
+        likelihood_cap: float = MAX_LIKELIHOOD_LOGIT,
     ):
         self.register_to_config(prediction_type=check_prediction_type(prediction_type))
         check_choice("solver", solver, SOLVERS)
@@ -118,6 +124,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         if not (isinstance(s_tmin, numbers.Real) and isinstance(s_tmax, numbers.Real) and 0 <= s_tmin <= s_tmax <= 1):
             raise ValueError(f"The corrector's window needs 0 <= s_tmin <= s_tmax <= 1, got {s_tmin!r}, {s_tmax!r}.")
         check_positive("s_noise", s_noise)
+        check_positive("likelihood_cap", likelihood_cap)
         if s_churn > 0 and (solver != "euler" or stochastic_sampling):
             raise ValueError("The corrector (s_churn > 0) works with solver='euler' and stochastic_sampling=False.")
         self.order = 2 if solver == "heun" else 1
@@ -156,6 +163,13 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The model sees the state unscaled (present for pipelines written for SD-style schedulers)."""
         return sample
+
+    @property
+    def _readout(self) -> tuple:
+        """How a model output becomes x_hat: (prediction_type, bit_scale, likelihood_cap), as `predict_x0` takes them;
+        configs saved before `likelihood_cap` existed read 50 (no cap)."""
+        return (self.config.prediction_type, self.config.bit_scale,
+                self.config.get("likelihood_cap", MAX_LIKELIHOOD_LOGIT))
 
     def bits_to_signal(self, bits: torch.Tensor) -> torch.Tensor:
         return bits_to_signal(bits, self.config.bit_scale)
@@ -287,7 +301,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         output, state = model_output.float(), sample.float()
         sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
         landing = self.grid_sigmas[self.step_index + 1]  # below sigma_next where the corrector raises it
-        x0 = predict_x0(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
+        x0 = predict_x0(output, state, sigma, *self._readout)
         check_finite_estimate(x0, self.step_index, sigma)
 
         if self._heun_first_stage is not None:
@@ -297,7 +311,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         elif self.config.stochastic_sampling:
             prev_sample = interpolate(x0, randn_tensor(x0.shape, generator=generator, device=x0.device), sigma_next)
         else:
-            velocity = predict_velocity(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
+            velocity = predict_velocity(output, state, sigma, *self._readout)
             prev_sample = state + (landing - sigma) * velocity
             if self.config.solver == "heun":
                 self._heun_first_stage = (state, velocity, landing - sigma)
@@ -315,7 +329,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """Heun's corrector: redo the step from its start with the mean of the two slopes."""
         start, first_velocity, dt = self._heun_first_stage
         self._heun_first_stage = None
-        velocity = predict_velocity(output, state, sigma, self.config.prediction_type, self.config.bit_scale)
+        velocity = predict_velocity(output, state, sigma, *self._readout)
         return start + dt * (first_velocity + velocity) / 2
 
     def _final_step(self, x0: torch.Tensor, generator) -> torch.Tensor:

@@ -135,3 +135,18 @@ def test_cost_smoke(tmp_path):
         assert 0.2 < side["ratio"] < 5  # the same network dominates both sides
     assert 0 < result["training"]["loss_share"] < 0.5 and 0 < result["sampling"]["scheduler_share"] < 0.5
     assert "ratio (ours / plain)" in (tmp_path / "cost.md").read_text()
+
+
+def test_speckle_origin_smoke(tmp_path):
+    from benchmarks import speckle_origin
+
+    threads = torch.get_num_threads()
+    try:  # in-process: the interpreter and diffusers' import are the smoke run's main cost
+        speckle_origin.main(["--smoke", "--output_dir", str(tmp_path), "--cache_dir", str(tmp_path / "cache")])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "speckle_origin.json").read_text())
+    assert result["on_pixels"] >= result["isolated_pixels"] >= 0
+    assert sum(result["positive_since_sigma"].values()) == result["isolated_pixels"]
+    assert [round(s["sigma"], 3) for s in result["last_steps"]] == [0.75, 0.5, 0.25]  # NFE 4
+    assert "| sigma | likelihood logit (isolated) |" in (tmp_path / "speckle_origin.md").read_text()

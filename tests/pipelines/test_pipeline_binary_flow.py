@@ -531,3 +531,12 @@ def test_a_likelihood_residual_denoiser_with_a_zero_residual_samples_independent
     pipe.save_pretrained(tmp_path)
     loaded = BinaryFlowPipeline.from_pretrained(tmp_path)
     assert loaded.prediction_type == loaded.scheduler.config.prediction_type == "likelihood_residual"
+    # a residual of -3 nats everywhere: the full likelihood keeps bits that reached the data end positive although
+    # the network rejects them; a scheduler capping the likelihood at 2 nats lets it veto every bit
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.fill_(-3.0)
+    vetoed = pipe(batch_size=16, num_inference_steps=8, generator=seeded(), output_type="pt").images
+    assert vetoed.mean().item() > 0.01
+    pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, likelihood_cap=2.0)
+    assert pipe.readout == ("likelihood_residual", 1.0, 2.0)
+    assert pipe(batch_size=16, num_inference_steps=8, generator=seeded(), output_type="pt").images.sum() == 0

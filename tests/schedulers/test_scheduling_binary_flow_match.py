@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -415,6 +416,7 @@ def test_config_attributes_warn_and_missing_attributes_raise():
         ({"shift": float("inf")}, "`shift` must be a finite positive number"),
         ({"num_train_timesteps": 0}, "num_train_timesteps"),
         ({"solver": "heun", "stochastic_sampling": True}, "solver='euler' only"),
+        ({"likelihood_cap": 0.0}, "`likelihood_cap` must be a finite positive number"),
     ],
 )
 def test_bad_config_is_refused_by_name(kwargs, message):
@@ -483,3 +485,25 @@ def test_integer_or_unknown_timesteps_and_extra_steps_are_refused():
     scheduler.step(dummy_sample(), scheduler.timesteps[0], dummy_sample())
     with pytest.raises(ValueError, match="All steps have been taken"):
         scheduler.step(dummy_sample(), scheduler.timesteps[0], dummy_sample())
+
+
+def test_the_likelihood_cap_is_a_sampler_setting_saved_in_the_config_and_old_configs_read_no_cap(tmp_path):
+    """A residual that rejects every bit: with the full likelihood the step keeps the state's signs at the data end;
+    with a cap of 2 nats the network's veto wins. A config saved before the option existed reads no cap."""
+    state = torch.tensor([[-0.9, -0.2, 0.2, 0.9]])
+    veto = torch.full_like(state, -3.0)
+
+    def x_hat(scheduler):  # the estimate at the last step, sigma = 0.1
+        scheduler.set_timesteps(10)
+        scheduler.set_begin_index(9)
+        return scheduler.step(veto, scheduler.timesteps[9], state).pred_original_sample
+
+    full = BinaryFlowMatchScheduler(prediction_type="likelihood_residual")
+    capped = BinaryFlowMatchScheduler(prediction_type="likelihood_residual", likelihood_cap=2.0)
+    assert torch.equal(x_hat(full) > 0, state > 0) and (x_hat(capped) < 0).all()
+    capped.save_config(tmp_path)
+    assert BinaryFlowMatchScheduler.from_pretrained(tmp_path).config.likelihood_cap == 2.0
+    config = json.loads((tmp_path / "scheduler_config.json").read_text())
+    del config["likelihood_cap"]
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
+    assert torch.equal(x_hat(BinaryFlowMatchScheduler.from_pretrained(tmp_path)), x_hat(full))
