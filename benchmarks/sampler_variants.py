@@ -48,9 +48,9 @@ DEFAULT_VARIANTS = ["Euler (default)", "Heun", "stochastic (ancestral) Euler", "
 SCORES = ("fd", "precision", "recall", "speckle_rate")
 
 
-def data_end(run, likelihood_cap: float = MAX_LIKELIHOOD_LOGIT) -> list[dict]:
-    """The run's data-end bit errors on the first `DATA_END_DIGITS` held-out digits (fixed noise)."""
-    return data_end_bit_errors(run.model, digit_bits("heldout")[:DATA_END_DIGITS], run.method.prediction_type,
+def data_end(run, likelihood_cap: float = MAX_LIKELIHOOD_LOGIT, num_digits: int = DATA_END_DIGITS) -> list[dict]:
+    """The run's data-end bit errors on the first `num_digits` held-out digits (fixed noise)."""
+    return data_end_bit_errors(run.model, digit_bits("heldout")[:num_digits], run.method.prediction_type,
                                DATA_END_SIGMAS, generator=torch.Generator().manual_seed(0),
                                self_conditioning=run.method.self_conditioning, likelihood_cap=likelihood_cap)
 
@@ -121,7 +121,8 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS)
     parser.add_argument("--cache_dir", type=Path, default=Path("benchmarks/cache"), help="trained runs, reused")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: 20 steps, NFE 3, 200 samples")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes: 20 steps, NFE 3, 200 samples, the data-end error on 200 digits")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.batch_size, args.num_samples, args.nfes, args.seeds = 20, 8, 200, [3], [0]
@@ -135,7 +136,7 @@ def main(argv=None):
         caps = {VARIANTS[v].get("likelihood_cap") for v in args.variants} if method.prediction_type == \
             "likelihood_residual" else set()
         for cap in [MAX_LIKELIHOOD_LOGIT, *sorted(c for c in caps if c is not None)]:
-            per_seed = [data_end(run, cap) for run in runs]
+            per_seed = [data_end(run, cap, 200 if args.smoke else DATA_END_DIGITS) for run in runs]
             label = key if cap == MAX_LIKELIHOOD_LOGIT else f"{key}, likelihood cap {cap:g}"
             errors[label] = [{"sigma": sigma, **{k: mean_std([seed[i][k] for seed in per_seed])
                                                  for k in ("model_bit_error", "likelihood_bit_error")}}

@@ -46,9 +46,10 @@ def reference_runs(workdir):
     return get
 
 
-# Two processes for the scripts with epochs (the MIMO script draws a fresh stream: its resumption is the seeds').
-@pytest.mark.parametrize("script, processes", [(script, 1) for script in SCRIPTS]
-                         + [("train_binary_flow", 2), ("train_sequence", 2)])
+# Two processes once: the epoch order across processes is the shared `training_runs.prepare_epochs` / `EpochOrder`
+# of the scripts with epochs (the sequence script's two-process run also passed; left out for the suite's time). The
+# MIMO script draws a fresh stream: its resumption is the seeds'.
+@pytest.mark.parametrize("script, processes", [(script, 1) for script in SCRIPTS] + [("train_binary_flow", 2)])
 def test_a_run_killed_after_a_checkpoint_resumes_exactly_across_epoch_boundaries(script, processes, workdir,
                                                                                  reference_runs, tmp_path):
     reference = reference_runs(script, processes)
