@@ -133,9 +133,10 @@ def main(argv=None):
     for key in args.methods:
         method = METHODS[key]
         runs = [train(method, seed, args.steps, args.batch_size, args.cache_dir) for seed in args.seeds]
-        caps = {VARIANTS[v].get("likelihood_cap") for v in args.variants} if method.prediction_type == \
-            "likelihood_residual" else set()
-        for cap in [MAX_LIKELIHOOD_LOGIT, *sorted(c for c in caps if c is not None)]:
+        # A likelihood-residual model is also scored under each cap a variant samples it with.
+        residual = method.prediction_type == "likelihood_residual"
+        caps = sorted({VARIANTS[v]["likelihood_cap"] for v in args.variants if residual and "likelihood_cap" in VARIANTS[v]})
+        for cap in [MAX_LIKELIHOOD_LOGIT, *caps]:
             per_seed = [data_end(run, cap, 200 if args.smoke else DATA_END_DIGITS) for run in runs]
             label = key if cap == MAX_LIKELIHOOD_LOGIT else f"{key}, likelihood cap {cap:g}"
             errors[label] = [{"sigma": sigma, **{k: mean_std([seed[i][k] for seed in per_seed])

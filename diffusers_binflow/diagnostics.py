@@ -52,7 +52,8 @@ def data_end_bit_errors(model, bits: torch.Tensor, prediction_type: str, sigmas=
 
     A model that is exact on the data manifold matches the likelihood's error there; more is a data-end error.
     A self-conditioned model first sees zeros, then its own estimate (as at a sampler's second step);
-    `likelihood_cap` is the sampler's (see `flow.likelihood_logits`). Returns one dict per sigma: ``sigma``, ``model_bit_error``, ``likelihood_bit_error``.
+    `likelihood_cap` is the sampler's (see `flow.likelihood_logits`). Returns one dict per sigma: ``sigma``,
+    ``model_bit_error``, ``likelihood_bit_error``.
     """
     clean = bits_to_signal(bits, bit_scale)
     rows = []
