@@ -135,7 +135,8 @@ def main(argv=None):
         runs = [train(method, seed, args.steps, args.batch_size, args.cache_dir) for seed in args.seeds]
         # A likelihood-residual model is also scored under each cap a variant samples it with.
         residual = method.prediction_type == "likelihood_residual"
-        caps = sorted({VARIANTS[v]["likelihood_cap"] for v in args.variants if residual and "likelihood_cap" in VARIANTS[v]})
+        caps = sorted({VARIANTS[v]["likelihood_cap"] for v in args.variants
+                       if residual and "likelihood_cap" in VARIANTS[v]})
         for cap in [MAX_LIKELIHOOD_LOGIT, *caps]:
             per_seed = [data_end(run, cap, 200 if args.smoke else DATA_END_DIGITS) for run in runs]
             label = key if cap == MAX_LIKELIHOOD_LOGIT else f"{key}, likelihood cap {cap:g}"
