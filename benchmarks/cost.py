@@ -3,14 +3,15 @@
     python -m benchmarks.cost [--rounds 30] [--batch_size 32] [--sample_batch 64] [--nfe 16]
     python -m benchmarks.cost --smoke --output_dir /tmp/cost     # tiny sizes, seconds (the test runs this)
 
-Training: one optimiser step of ours (`flow_matching_loss`: sigma sampling, noising, the network, the x-loss of
-`binary_flow_loss`) against a plain rectified-flow step written inline (uniform t, x_t = (1 - t) x + t eps, MSE to
-eps - x), same UNet2DModel body, batch and optimiser. Sampling: `BinaryFlowPipeline` with `BinaryFlowMatchScheduler`
-(NFE Euler steps, bits out) against a plain loop over diffusers' `FlowMatchEulerDiscreteScheduler` (network,
-`scheduler.step`, threshold). The two sides alternate round by round so that load on the machine hits both alike;
-each ratio is median(ours) / median(plain). Also reported: the share of our training step spent in the loss
-(`binary_flow_loss`, forward) and of our sampling spent in `BinaryFlowMatchScheduler.step`. The training side times
-single optimiser steps, so it keeps its own two step closures rather than the benchmarks' `train_loop`.
+Training: one optimiser step of ours (`flow_matching_loss` with the image script's default `IMAGE_RECIPE`: sigma
+sampling, noising, the network, the x-space cross-entropy of `binary_flow_loss`) against a plain rectified-flow step
+written inline (uniform t, x_t = (1 - t) x + t eps, MSE to eps - x), same UNet2DModel body, batch and optimiser.
+Sampling: `BinaryFlowPipeline` with `BinaryFlowMatchScheduler` (NFE Euler steps, the default likelihood cap, bits
+out) against a plain loop over diffusers' `FlowMatchEulerDiscreteScheduler` (network, `scheduler.step`, threshold).
+The two sides alternate round by round so that load on the machine hits both alike; each ratio is median(ours) /
+median(plain). Also reported: the share of our training step spent in the loss (`binary_flow_loss`, forward) and of
+our sampling spent in `BinaryFlowMatchScheduler.step`. The training side times single optimiser steps, so it keeps
+its own two step closures rather than the benchmarks' `train_loop`.
 
 Writes cost.json and cost.md into --output_dir.
 """
@@ -27,7 +28,11 @@ from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
 from diffusers_binflow.bits import bits_to_signal
 from diffusers_binflow.losses import binary_flow_loss
 from diffusers_binflow.metrics.digits import digit_bits
-from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+from diffusers_binflow.training import (
+    IMAGE_RECIPE,
+    IMAGE_SAMPLING_LIKELIHOOD_CAP,
+    flow_matching_loss,
+)
 
 from .digit_runs import build_body
 from .reporting import command_line, machine, write_results
@@ -56,7 +61,7 @@ class Timer:
 def training_steps(model, data, batch_size: int, generator: torch.Generator):
     """(ours, plain): closures that each run one optimiser step on a fresh batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    config = FlowLossConfig()  # the library default recipe
+    config = IMAGE_RECIPE  # what the image script trains by default
 
     def step(loss_fn):
         bits = data[torch.randint(len(data), (batch_size,), generator=generator)]
@@ -87,7 +92,8 @@ def sampling_runs(model, batch: int, nfe: int):
         def step(self, *args, **kwargs):
             return scheduler_timer(self, *args, **kwargs)
 
-    pipeline = BinaryFlowPipeline(unet=model, scheduler=TimedScheduler())
+    pipeline = BinaryFlowPipeline(unet=model, prediction_type=IMAGE_RECIPE.prediction_type, scheduler=TimedScheduler(
+        prediction_type=IMAGE_RECIPE.prediction_type, likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP))
     pipeline.set_progress_bar_config(disable=True)
     plain_scheduler = FlowMatchEulerDiscreteScheduler()
 

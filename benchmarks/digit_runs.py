@@ -29,8 +29,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
 
 from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
 from diffusers_binflow.diagnostics import per_sigma_bin_stats
+from diffusers_binflow.flow import MAX_LIKELIHOOD_LOGIT
 from diffusers_binflow.metrics.digits import digit_bits
-from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+from diffusers_binflow.training import IMAGE_SAMPLING_LIKELIHOOD_CAP, FlowLossConfig, flow_matching_loss
 
 from .discrete_peers import input_channels, peer_loss, sample_peer
 from .training_loop import OutputGradients, train_loop
@@ -57,6 +58,8 @@ class Method:
     v_clamp: float | None = None
     weighting_max: float | None = None
     self_conditioning: bool = False  # FlowLossConfig's; the body then takes the previous estimate as a 2nd channel
+    likelihood_cap: float = MAX_LIKELIHOOD_LOGIT  # FlowLossConfig's (likelihood residual)
+    sampling_likelihood_cap: float | None = None  # the sampler's cap on that term; None: the training cap
     sampler: str = "binary_flow"  # binary_flow | flow_match_euler | discrete_ddim | dfm_euler
     solver: str = "euler"  # BinaryFlowMatchScheduler's, for the binary_flow sampler
     trained_as: str | None = None  # the key of a method with the same training (only the sampler differs)
@@ -67,7 +70,8 @@ class Method:
         return FlowLossConfig(prediction_type=self.prediction_type, loss_space=self.loss_space,
                               loss_type=self.loss_type, timestep_sampling=self.timestep_sampling,
                               uniform_fraction=self.uniform_fraction, v_clamp=self.v_clamp,
-                              weighting_max=self.weighting_max, self_conditioning=self.self_conditioning, **logit)
+                              weighting_max=self.weighting_max, likelihood_cap=self.likelihood_cap,
+                              self_conditioning=self.self_conditioning, **logit)
 
     @property
     def in_channels(self) -> int:
@@ -96,8 +100,15 @@ METHODS = {m.key: m for m in (
     Method("lr-bce-mix", "likelihood residual + x-BCE, logit-normal + 20% uniform",
            prediction_type="likelihood_residual", loss_type="bce", timestep_sampling="logit_normal",
            uniform_fraction=0.2),
+    Method("lr2-bce-ln", "likelihood residual capped at 2 nats (trained so) + x-BCE, logit-normal",
+           prediction_type="likelihood_residual", loss_type="bce", timestep_sampling="logit_normal",
+           likelihood_cap=2.0),
     Method("x-mse-ln-sc", "x-pred + x-MSE, logit-normal, self-conditioning", timestep_sampling="logit_normal",
            self_conditioning=True),
+    Method("lr-bce-ln-cap2", "likelihood residual + x-BCE, logit-normal; sampled with the likelihood capped at 2 "
+           "(the image default)", prediction_type="likelihood_residual", loss_type="bce",
+           timestep_sampling="logit_normal", sampling_likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP,
+           trained_as="lr-bce-ln"),
     Method("x-mse-ln-heun", "x-pred + x-MSE, logit-normal; Heun sampler", timestep_sampling="logit_normal",
            solver="heun", trained_as="x-mse-ln"),
     Method("rf-fm-euler", "rectified flow (diffusers FlowMatchEulerDiscreteScheduler)", prediction_type="velocity",
@@ -189,9 +200,11 @@ def _generate(run: Run, n: int, nfe: int, seed: int) -> torch.Tensor:
 
 def flow_pipeline(run: Run, scheduler=None, **scheduler_options) -> BinaryFlowPipeline:
     """A `BinaryFlowPipeline` (progress bar off) for a flow run: its body, with `scheduler` or a
-    `BinaryFlowMatchScheduler` of the run's prediction type and `scheduler_options`."""
+    `BinaryFlowMatchScheduler` of the run's prediction type and likelihood cap, and `scheduler_options`."""
     method = run.method
-    scheduler = scheduler or BinaryFlowMatchScheduler(prediction_type=method.prediction_type, **scheduler_options)
+    cap = method.likelihood_cap if method.sampling_likelihood_cap is None else method.sampling_likelihood_cap
+    scheduler = scheduler or BinaryFlowMatchScheduler(prediction_type=method.prediction_type,
+                                                      **{"likelihood_cap": cap, **scheduler_options})
     pipeline = BinaryFlowPipeline(unet=run.model, scheduler=scheduler, prediction_type=method.prediction_type,
                                   self_conditioning=method.self_conditioning)
     pipeline.set_progress_bar_config(disable=True)

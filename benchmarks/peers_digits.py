@@ -5,8 +5,8 @@
 
 Every method trains the same UNet2DModel body with the same optimiser, steps, batch, data order and seed (see
 `digit_runs.py`; runs are shared with `alignment_digits.py` through --cache_dir), then generates --num_samples
-unconditional digits at each NFE in {1, 2, 4, 8, 16, 32, 64}: ours (the library's default recipe, and any other
-recipe named with --ours), the JiT recipe, rectified flow sampled with diffusers' FlowMatchEulerDiscreteScheduler,
+unconditional digits at each NFE in {1, 2, 4, 8, 16, 32, 64}: ours (the image script's default recipe, and any
+other recipe named with --ours), the JiT recipe, rectified flow sampled with diffusers' FlowMatchEulerDiscreteScheduler,
 uniform-flip discrete diffusion with diffusers' DiscreteDDIMScheduler (temperature 1), and discrete flow matching
 with Meta's `flow_matching` package (uniform and mask sources; ``pip install -e .[peers]``, skipped with a note
 when it is missing). Reports the Fréchet distance in our digit classifier's feature space (also as a multiple of
@@ -31,7 +31,7 @@ from diffusers_binflow.metrics import DigitMetrics
 from .digit_runs import METHODS, generate, run_dir, train
 from .reporting import command_line, failed_note, machine, mean_std, pyplot, run_jobs, sample_or_failure, write_results
 
-DEFAULT_OURS = ("x-mse-ln",)  # the library's default recipe (FlowLossConfig())
+DEFAULT_OURS = ("lr-bce-ln-cap2",)  # the image script's default (training.IMAGE_RECIPE, sampled with its cap)
 PEERS = ("jit", "rf-fm-euler", "uniform-flip", "dfm-uniform", "dfm-mask")
 NEEDS_META = ("dfm-uniform", "dfm-mask")
 NFES = (1, 2, 4, 8, 16, 32, 64)

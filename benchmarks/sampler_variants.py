@@ -135,11 +135,12 @@ def main(argv=None):
         runs = [train(method, seed, args.steps, args.batch_size, args.cache_dir) for seed in args.seeds]
         # A likelihood-residual model is also scored under each cap a variant samples it with.
         residual = method.prediction_type == "likelihood_residual"
-        caps = sorted({VARIANTS[v]["likelihood_cap"] for v in args.variants
-                       if residual and "likelihood_cap" in VARIANTS[v]})
-        for cap in [MAX_LIKELIHOOD_LOGIT, *caps]:
+        caps = sorted({cap for v in args.variants
+                       if residual and (cap := VARIANTS[v].get("likelihood_cap", method.likelihood_cap))
+                       != method.likelihood_cap})
+        for cap in [method.likelihood_cap, *caps]:
             per_seed = [data_end(run, cap, 200 if args.smoke else DATA_END_DIGITS) for run in runs]
-            label = key if cap == MAX_LIKELIHOOD_LOGIT else f"{key}, likelihood cap {cap:g}"
+            label = key if cap == method.likelihood_cap else f"{key}, likelihood cap {cap:g}"
             errors[label] = [{"sigma": sigma, **{k: mean_std([seed[i][k] for seed in per_seed])
                                                  for k in ("model_bit_error", "likelihood_bit_error")}}
                              for i, sigma in enumerate(DATA_END_SIGMAS)]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .bits import bits_to_signal, check_binary
 from .flow import (
     LOGIT_PREDICTION_TYPES,
+    MAX_LIKELIHOOD_LOGIT,
     X_PREDICTION_TYPES,
     bit_logits,
     check_prediction_type,
@@ -79,6 +80,7 @@ def binary_flow_loss(
     bit_scale: float = 1.0,
     weighting: Callable[[torch.Tensor], torch.Tensor] | None = None,
     reduction: str = "mean",
+    likelihood_cap: float = MAX_LIKELIHOOD_LOGIT,
 ) -> torch.Tensor:
     """
     The flow-matching loss of `model_output` at ``noisy_sample = (1 - sigma) * x + sigma * eps``.
@@ -95,6 +97,8 @@ def binary_flow_loss(
         bit_scale (`float`): Signal amplitude, ``x = bit_scale * (2b - 1)``.
         weighting (callable, *optional*): A weight per sample from `sigmas`, e.g. `inverse_square_weight(w_max)`.
         reduction (`str`): `"mean"`, `"sum"` or `"none"` (one value per element).
+        likelihood_cap (`float`): For `"likelihood_residual"`, the cap on the likelihood term (`flow.likelihood_logits`)
+            the network is trained with; sample with the same cap.
 
     Misaligned pairs (x-prediction with v-loss, velocity-prediction with x-loss) are computed as asked and warn
     once, naming the weight they imply.
@@ -115,6 +119,7 @@ def binary_flow_loss(
         raise ValueError("loss_type='bce' is the x-space cross-entropy on per-bit logits: it needs loss_space='x' "
                          f"and a prediction_type of {LOGIT_PREDICTION_TYPES}.")
     check_positive("bit_scale", bit_scale)
+    check_positive("likelihood_cap", likelihood_cap)
     _check_sigmas(torch.as_tensor(sigmas), loss_space, v_clamp)
     _warn_if_misaligned(prediction_type, loss_space)
     sigmas = expand_sigma(sigmas, model_output.float())
@@ -122,11 +127,13 @@ def binary_flow_loss(
     if loss_type == "bce":
         # d(loss)/d(logit) = sigmoid(logit) - bit: bounded by 1 for every sigma.
         check_binary(bits)
-        logits = bit_logits(model_output.float(), noisy_sample.float(), sigmas, prediction_type, bit_scale)
+        logits = bit_logits(model_output.float(), noisy_sample.float(), sigmas, prediction_type, bit_scale,
+                            likelihood_cap)
         elementwise = F.binary_cross_entropy_with_logits(logits, bits.float(), reduction="none")
     else:
         clean = bits_to_signal(bits, bit_scale)
-        x_hat = predict_x0(model_output.float(), noisy_sample.float(), sigmas, prediction_type, bit_scale)
+        x_hat = predict_x0(model_output.float(), noisy_sample.float(), sigmas, prediction_type, bit_scale,
+                           likelihood_cap)
         error = x_hat - clean
         if loss_space == "v":
             # v_hat - v = (x - x_hat) / sigma for every prediction type.

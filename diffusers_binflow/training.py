@@ -7,7 +7,13 @@ from dataclasses import dataclass, fields
 import torch
 
 from .bits import bits_to_signal
-from .flow import PREDICTION_TYPES, interpolate, predict_x0, self_conditioned_input
+from .flow import (
+    MAX_LIKELIHOOD_LOGIT,
+    PREDICTION_TYPES,
+    interpolate,
+    predict_x0,
+    self_conditioned_input,
+)
 from .losses import LOSS_SPACES, LOSS_TYPES, binary_flow_loss, inverse_square_weight
 from .timestep_sampling import SIGMA_SAMPLERS, sample_sigmas
 
@@ -16,12 +22,14 @@ from .timestep_sampling import SIGMA_SAMPLERS, sample_sigmas
 class FlowLossConfig:
     """How a batch becomes a loss: the recipe (prediction and loss spaces, sigma sampling, weighting).
 
-    The defaults are the library's recipe, chosen by measurement (BENCHMARKS.md, "The default recipe"): an
-    x-prediction trained with the aligned x-space MSE, sigma drawn logit-normally with logit(sigma) ~ N(0.8, 0.8)
-    (JiT's tilt towards noise; in the paper's t = 1 - sigma, logit(t) ~ N(-0.8, 0.8)), no weighting. On binarized
-    digits this matched the JiT recipe and beat the paper's uniform sigma by far, with bounded gradients.
-    `weighting_max` multiplies each sample's loss by ``min(sigma**-2, weighting_max)`` (`inverse_square_weight`);
+    The defaults are the plain aligned recipe for any denoiser: an x-prediction trained with the x-space MSE, sigma
+    drawn logit-normally with logit(sigma) ~ N(0.8, 0.8) (JiT's tilt towards noise; in the paper's t = 1 - sigma,
+    logit(t) ~ N(-0.8, 0.8)), no weighting; on binarized digits it matched the JiT recipe and beat the paper's
+    uniform sigma by far. The scripts' defaults depend on the data: `IMAGE_RECIPE` for images, logits with
+    cross-entropy under uniform sigma for symbols (BENCHMARKS.md, "The default recipe"). `weighting_max` multiplies each sample's loss by ``min(sigma**-2, weighting_max)`` (`inverse_square_weight`);
     `uniform_fraction` draws that share of the sigmas uniformly instead (`sample_sigmas`), to train the data end.
+    `likelihood_cap` caps the likelihood term of a `"likelihood_residual"` output (`flow.likelihood_logits`) in
+    training (50: none); sample such a model with at most that cap.
     `self_conditioning` trains a denoiser that also sees its previous estimate (`self_conditioned_input`; Bit
     Diffusion): on a share `self_conditioning_probability` of the batches the estimate is its own, made without
     gradient, on the others zeros.
@@ -37,6 +45,7 @@ class FlowLossConfig:
     v_clamp: float | None = None
     weighting_max: float | None = None
     bit_scale: float = 1.0
+    likelihood_cap: float = MAX_LIKELIHOOD_LOGIT
     self_conditioning: bool = False
     self_conditioning_probability: float = 0.5  # Bit Diffusion's
     num_train_timesteps: int = 1000
@@ -47,9 +56,16 @@ class FlowLossConfig:
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
+# What the image script trains and samples by default, chosen on binarized digits (BENCHMARKS.md, "The default
+# recipe"): a likelihood-residual output trained with cross-entropy under the logit-normal sigma, sampled with the
+# likelihood term capped at 2 nats (`BinaryFlowMatchScheduler(likelihood_cap=...)`) so that the network can veto the
+# isolated pixels a sampler leaves behind. Symbols (sequences, MIMO) default to logits + cross-entropy, uniform sigma.
+IMAGE_RECIPE = FlowLossConfig(prediction_type="likelihood_residual", loss_type="bce")
+IMAGE_SAMPLING_LIKELIHOOD_CAP = 2.0
+
 RECIPE_OPTIONS = ("prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean", "logit_std",
-                  "uniform_fraction", "v_clamp", "weighting_max", "bit_scale", "self_conditioning",
-                  "self_conditioning_probability")
+                  "uniform_fraction", "v_clamp", "weighting_max", "bit_scale", "likelihood_cap",
+                  "self_conditioning", "self_conditioning_probability")
 
 
 def add_recipe_arguments(group, prediction_types=tuple(p for p in PREDICTION_TYPES if p != "epsilon"), **defaults):
@@ -70,6 +86,9 @@ def add_recipe_arguments(group, prediction_types=tuple(p for p in PREDICTION_TYP
     group.add_argument("--weighting_max", type=float, default=base["weighting_max"],
                        help="Weight the loss by min(sigma^-2, this) (a bounded, aligned form of JiT's clamp).")
     group.add_argument("--bit_scale", type=float, default=base["bit_scale"])
+    group.add_argument("--likelihood_cap", type=float, default=base["likelihood_cap"],
+                       help="For --prediction_type likelihood_residual: cap (nats) on the likelihood term, in training "
+                            "and in the saved scheduler (50 = none).")
     group.add_argument("--self_conditioning", action=argparse.BooleanOptionalAction, default=base["self_conditioning"],
                        help="Self-conditioning (Bit Diffusion): the denoiser takes twice the input features and also "
                             "sees its previous estimate of the clean bits.")
@@ -107,12 +126,13 @@ def flow_matching_loss(model, bits: torch.Tensor, config: FlowLossConfig, class_
         if torch.rand((), generator=generator, device=bits.device).item() < config.self_conditioning_probability:
             with torch.no_grad():
                 first = model(self_conditioned_input(noisy), timesteps, **kwargs, return_dict=False)[0]
-                x_hat = predict_x0(first, noisy, sigmas, config.prediction_type, config.bit_scale)
+                x_hat = predict_x0(first, noisy, sigmas, config.prediction_type, config.bit_scale,
+                                   config.likelihood_cap)
         model_input = self_conditioned_input(noisy, x_hat)
     model_output = model(model_input, timesteps, **kwargs, return_dict=False)[0]
     elementwise = binary_flow_loss(model_output, bits, noisy, sigmas, prediction_type=config.prediction_type,
                                    loss_space=config.loss_space, loss_type=config.loss_type, v_clamp=config.v_clamp,
-                                   bit_scale=config.bit_scale, reduction="none",
+                                   bit_scale=config.bit_scale, likelihood_cap=config.likelihood_cap, reduction="none",
                                    weighting=None if config.weighting_max is None else
                                    inverse_square_weight(config.weighting_max))
     return FlowLossOutput(loss=elementwise.mean(), per_sample_loss=elementwise.detach().flatten(1).mean(1),

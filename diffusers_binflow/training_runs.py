@@ -28,8 +28,9 @@ from .checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .flow import LOGIT_PREDICTION_TYPES
+from .flow import LOGIT_PREDICTION_TYPES, MAX_LIKELIHOOD_LOGIT
 from .hub import upload_pipeline_folder
+from .schedulers import BinaryFlowMatchScheduler
 from .model_cards import portable_value
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def check_arguments(parser, args, at_least_one=()):
         "logit_std": (0, math.inf, False, False), "v_clamp": (0, 1, False, True),
         "weighting_max": (0, math.inf, False, False), "uniform_fraction": (0, 1, True, True),
         "self_conditioning_probability": (0, 1, True, True),
+        "likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True),
+        "sampling_likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True),
     }
     for name, (low, high, low_ok, high_ok) in ranges.items():
         value = getattr(args, name, None)
@@ -385,6 +388,26 @@ class EpochOrder:
     def begin_epoch(self, epoch: int):
         self.sampler.begin_epoch(epoch)
         self.dataset.begin_epoch(epoch)
+
+
+def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_cap: float | None = None):
+    """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
+    ``--solver`` and ``--sampling_likelihood_cap`` (default: the recipe's ``--likelihood_cap``)."""
+    group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
+    group.add_argument("--solver", default="euler", choices=["euler", "heun"])
+    group.add_argument("--sampling_likelihood_cap", type=float, default=sampling_likelihood_cap,
+                       help="For a likelihood_residual model: the cap (nats) the saved scheduler puts on the "
+                            "likelihood term when sampling (BinaryFlowMatchScheduler's likelihood_cap); default: "
+                            "--likelihood_cap. A small cap lets the network veto bits the sampler got wrong; 50 keeps "
+                            "the data end exact.")
+
+
+def noise_scheduler_from_args(args) -> BinaryFlowMatchScheduler:
+    """The scheduler a script validates with and saves: its recipe's prediction type and bit scale, the solver, and
+    the sampling cap on a likelihood-residual output (`add_sampler_arguments`)."""
+    cap = args.likelihood_cap if args.sampling_likelihood_cap is None else args.sampling_likelihood_cap
+    return BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale, solver=args.solver,
+                                    likelihood_cap=cap)
 
 
 def build_pipeline(pipeline_cls, accelerator, model, ema, model_name: str, **components):

@@ -127,6 +127,23 @@ def test_likelihood_residual_cross_entropy_is_finite_with_gradient_at_most_one_d
     assert torch.isfinite(loss).all() and loss[:2].max() < 1e-20
 
 
+def test_a_capped_likelihood_residual_is_trained_on_the_clamped_likelihood_plus_the_correction():
+    bits, _, _, noisy, sigmas = training_batch(torch.tensor([0.02, 0.1, 0.4, 0.9]))
+    residual = torch.randn(noisy.shape, generator=torch.Generator().manual_seed(3))
+    capped = binary_flow_loss(residual, bits, noisy, sigmas, prediction_type="likelihood_residual", loss_type="bce",
+                              likelihood_cap=2.0, reduction="none")
+    logits = (2 * noisy * (1 - sigmas[:, None]) / sigmas[:, None] ** 2).clamp(-2, 2) + residual
+    torch.testing.assert_close(capped, torch.nn.functional.binary_cross_entropy_with_logits(logits, bits,
+                                                                                            reduction="none"))
+    # the cap binds at small sigma, so the loss there differs from the uncapped one
+    uncapped = binary_flow_loss(residual, bits, noisy, sigmas, prediction_type="likelihood_residual",
+                                loss_type="bce", reduction="none")
+    assert not torch.allclose(capped[0], uncapped[0])
+    with pytest.raises(ValueError, match="likelihood_cap"):
+        binary_flow_loss(residual, bits, noisy, sigmas, prediction_type="likelihood_residual", loss_type="bce",
+                         likelihood_cap=0.0)
+
+
 def test_x_mse_gradient_is_bounded_by_twice_the_residual_for_every_sigma():
     x_hat = 3 * torch.randn(len(SMALL_SIGMAS), 16, generator=torch.Generator().manual_seed(2))
     grad, bits = output_gradient(x_hat)

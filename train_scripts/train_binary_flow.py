@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
-from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
+from diffusers_binflow import BinaryFlowPipeline
 from diffusers_binflow.checkpoints import register_checkpoint_hooks, resume_position
 from diffusers_binflow.data import (
     Binarizer,
@@ -32,10 +33,13 @@ from diffusers_binflow.data import (
     from_image_folder,
 )
 from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
+from diffusers_binflow.flow import LOGIT_PREDICTION_TYPES
 from diffusers_binflow.metrics import MIN_FD_SAMPLES, DigitMetrics
-from diffusers_binflow.model_cards import render_model_card, settings_of
+from diffusers_binflow.model_cards import render_model_card, sampling_likelihood_cap, settings_of
 from diffusers_binflow.models import build_unet
 from diffusers_binflow.training import (
+    IMAGE_RECIPE,
+    IMAGE_SAMPLING_LIKELIHOOD_CAP,
     RECIPE_OPTIONS,
     FlowLossConfig,
     add_recipe_arguments,
@@ -45,9 +49,11 @@ from diffusers_binflow.training_runs import (
     EpochOrder,
     add_optimisation_arguments,
     add_run_arguments,
+    add_sampler_arguments,
     build_pipeline,
     check_arguments,
     micro_batch_generator,
+    noise_scheduler_from_args,
     prepare_epochs,
     prepare_model,
     push_or_exit,
@@ -63,11 +69,11 @@ RESUME_OPTIONS = ("model_config", "resolution", *RECIPE_OPTIONS, "class_conditio
                   "pretrained_model_name_or_path")
 # The training options a model card reports, in this order.
 CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean",
-                 "logit_std", "uniform_fraction", "v_clamp", "weighting_max", "bit_scale", "self_conditioning",
-                 "train_batch_size",
-                 "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "use_ema", "ema_max_decay",
-                 "mixed_precision", "seed", "solver", "num_inference_steps", "binarize_threshold",
-                 "stochastic_binarization", "resolution")
+                 "logit_std", "uniform_fraction", "likelihood_cap", "v_clamp", "weighting_max", "bit_scale",
+                 "self_conditioning", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                 "lr_scheduler", "use_ema", "ema_max_decay", "mixed_precision", "seed", "solver",
+                 "sampling_likelihood_cap", "num_inference_steps", "binarize_threshold", "stochastic_binarization",
+                 "resolution")
 
 
 def parse_args(argv=None):
@@ -88,15 +94,14 @@ def parse_args(argv=None):
     model = parser.add_argument_group("model and recipe")
     model.add_argument("--model_config", default="tiny", help="tiny | small | base | path to a UNet2DModel JSON.")
     model.add_argument("--pretrained_model_name_or_path", help="Fine-tune a saved BinaryFlowPipeline (folder or Hub id).")
-    add_recipe_arguments(model)
+    add_recipe_arguments(model, **asdict(IMAGE_RECIPE))
 
     add_optimisation_arguments(parser, train_batch_size=64)
     add_run_arguments(parser, logging_steps=20)
 
     evaluate = parser.add_argument_group("validation")
     evaluate.add_argument("--validation_steps", type=int, default=250)
-    evaluate.add_argument("--num_inference_steps", type=int, default=16)
-    evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
+    add_sampler_arguments(evaluate, num_inference_steps=16, sampling_likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP)
     evaluate.add_argument("--guidance_scale", type=float, default=2.0, help="For class-conditional validation.")
     evaluate.add_argument("--metrics_num_samples", type=int, default=0,
                           help="At the end, score this many samples (>= 200) with the digit metrics (1x28x28 data).")
@@ -154,8 +159,10 @@ def main(args):
         if num_classes is not None and num_classes > base_null:
             raise SystemExit(f"The pretrained model knows {base_null} classes, the data has {num_classes}.")
         if (base.prediction_type, base.bit_scale) != (args.prediction_type, args.bit_scale):
+            # Cross-entropy (the image default) needs logits; a value-predicting base trains with the x-MSE.
+            loss = "" if base.prediction_type in LOGIT_PREDICTION_TYPES else " --loss_type mse"
             raise SystemExit(f"The pretrained model predicts {base.prediction_type!r} at bit_scale {base.bit_scale}: "
-                             f"pass --prediction_type {base.prediction_type} --bit_scale {base.bit_scale}.")
+                             f"pass --prediction_type {base.prediction_type} --bit_scale {base.bit_scale}{loss}.")
         if base.self_conditioning != args.self_conditioning:
             raise SystemExit("The pretrained model is " + ("self-conditioned: pass --self_conditioning." if
                              base.self_conditioning else "not self-conditioned: drop --self_conditioning."))
@@ -180,8 +187,7 @@ def main(args):
         ema.to(accelerator.device)
 
     loss_config = FlowLossConfig.from_args(args)
-    noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
-                                               solver=args.solver)
+    noise_scheduler = noise_scheduler_from_args(args)
 
     global_step, last_loss = run.load_checkpoint(), None
     first_epoch, skip_batches = resume_position(global_step, steps_per_epoch, args.gradient_accumulation_steps)
@@ -270,7 +276,8 @@ def main(args):
             base_model=args.pretrained_model_name_or_path, settings=settings_of(args, CARD_SETTINGS),
             metrics=summary, channels=channels, resolution=height, num_classes=num_classes,
             null_class_label=null_class, self_conditioning=args.self_conditioning, guidance_scale=args.guidance_scale,
-            num_inference_steps=args.num_inference_steps, grid_file=grid_path.name))
+            num_inference_steps=args.num_inference_steps, grid_file=grid_path.name,
+            sampling_likelihood_cap=sampling_likelihood_cap(pipeline)))
         accelerator.print(f"Saved the pipeline and {grid_path} in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowPipeline, args.hub_token)

@@ -33,7 +33,6 @@ from diffusers_binflow.mimo.evaluation import measure_ber
 from diffusers_binflow.mimo.model import MIMOFlowTransformer
 from diffusers_binflow.model_cards import render_model_card, settings_of
 from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
-from diffusers_binflow.schedulers import BinaryFlowMatchScheduler
 from diffusers_binflow.training import (
     RECIPE_OPTIONS,
     FlowLossConfig,
@@ -43,11 +42,13 @@ from diffusers_binflow.training import (
 from diffusers_binflow.training_runs import (
     add_optimisation_arguments,
     add_run_arguments,
+    add_sampler_arguments,
     build_lr_scheduler,
     build_optimizer,
     build_pipeline,
     check_arguments,
     micro_batch_generator,
+    noise_scheduler_from_args,
     prepare_model,
     push_or_exit,
     start_run,
@@ -62,8 +63,9 @@ RESUME_OPTIONS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", 
 # The training options a MIMO model card reports, in this order.
 CARD_SETTINGS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "hidden_size", "num_layers",
                  "num_heads", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction",
-                 "v_clamp", "weighting_max", "self_conditioning", "train_batch_size", "max_train_steps",
-                 "learning_rate", "lr_scheduler", "use_ema", "seed", "solver", "num_inference_steps")
+                 "likelihood_cap", "v_clamp", "weighting_max", "self_conditioning", "train_batch_size",
+                 "max_train_steps", "learning_rate", "lr_scheduler", "use_ema", "seed", "solver",
+                 "sampling_likelihood_cap", "num_inference_steps")
 # Exhaustive ML is the reference up to this many bits per channel use; K-best beyond.
 ML_MAX_BITS = 16
 
@@ -97,8 +99,7 @@ def parse_args(argv=None):
     add_run_arguments(parser, logging_steps=50)
 
     evaluate = parser.add_argument_group("evaluation")
-    evaluate.add_argument("--num_inference_steps", type=int, default=1)
-    evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
+    add_sampler_arguments(evaluate, num_inference_steps=1)
     evaluate.add_argument("--eval_snr_db", default="0,4,8,12,16,20",
                           help="Comma-separated SNRs (dB) of the model card's BER table.")
     evaluate.add_argument("--eval_channel_uses", type=int, default=4096, help="Channel uses per SNR in that table.")
@@ -147,8 +148,7 @@ def main(args):
         ema.to(accelerator.device)
 
     loss_config = FlowLossConfig.from_args(args)
-    noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
-                                               solver=args.solver)
+    noise_scheduler = noise_scheduler_from_args(args)
 
     global_step, last_loss = run.load_checkpoint(), None
 

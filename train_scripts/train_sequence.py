@@ -24,7 +24,6 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from diffusers_binflow import BinaryFlowMatchScheduler
 from diffusers_binflow.checkpoints import register_checkpoint_hooks, resume_position
 from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.flow import X_PREDICTION_TYPES
@@ -51,9 +50,11 @@ from diffusers_binflow.training_runs import (
     EpochOrder,
     add_optimisation_arguments,
     add_run_arguments,
+    add_sampler_arguments,
     build_pipeline,
     check_arguments,
     micro_batch_generator,
+    noise_scheduler_from_args,
     prepare_epochs,
     prepare_model,
     push_or_exit,
@@ -69,8 +70,9 @@ RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "max_length", *RE
                   "pretrained_model_name_or_path")
 # The training options a model card reports.
 CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code", "max_length",
-                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction", "bit_scale",
-                 "self_conditioning", "train_batch_size", "learning_rate", "use_ema", "seed", "num_inference_steps")
+                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction",
+                 "likelihood_cap", "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema",
+                 "seed", "sampling_likelihood_cap", "num_inference_steps")
 
 
 def parse_args(argv=None):
@@ -105,8 +107,7 @@ def parse_args(argv=None):
     evaluate.add_argument("--validation_steps", type=int, default=250)
     evaluate.add_argument("--num_validation_samples", type=int, default=256,
                           help="Sequences generated at each validation and at the end (valid fraction of the task).")
-    evaluate.add_argument("--num_inference_steps", type=int, default=16)
-    evaluate.add_argument("--solver", default="euler", choices=["euler", "heun"])
+    add_sampler_arguments(evaluate, num_inference_steps=16)
     args = parser.parse_args(argv)
 
     if args.train_file:
@@ -172,8 +173,7 @@ def main(args):
         denoiser = build_sequence_model(args.model_config, len(tokenizer), max_length, bit_code=args.bit_code,
                                         backbone_type=args.backbone_type, self_conditioning=args.self_conditioning)
     codec = denoiser.codec
-    noise_scheduler = BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale,
-                                               solver=args.solver)
+    noise_scheduler = noise_scheduler_from_args(args)
     BinaryFlowSequencePipeline(denoiser, noise_scheduler, tokenizer)  # refuses a tokenizer the model cannot code
     prepare_model(denoiser, args)
     data = EpochOrder(TokenSequences(token_ids), args.seed)

@@ -7,6 +7,8 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from ..flow import MAX_LIKELIHOOD_LOGIT
+
 # Every card carries these tags: the library that loads the pipeline and this plugin (the Hub's filters use them).
 BASE_TAGS = ["diffusers", "diffusers_binflow", "diffusers-binflow", "binary-flow-matching"]
 # Template and Hub task of each pipeline class. A class-conditional image model has no Hub task of its own; it gets
@@ -64,6 +66,13 @@ def is_our_model_card(readme: Path) -> bool:
     return Path(readme).is_file() and "diffusers_binflow" in (ModelCard.load(readme).data.tags or [])
 
 
+def sampling_likelihood_cap(pipeline) -> float | None:
+    """The cap an image pipeline's scheduler puts on a likelihood-residual output's likelihood term, if it binds
+    (below `MAX_LIKELIHOOD_LOGIT`); the card then says how to read the likelihood in full."""
+    prediction_type, _, cap = pipeline.readout
+    return cap if prediction_type == "likelihood_residual" and cap < MAX_LIKELIHOOD_LOGIT else None
+
+
 def pipeline_model_card(pipeline, repo_id: str) -> str:
     """The card of a pipeline pushed without a training run: usage and what its components' configs say."""
     name = type(pipeline).__name__
@@ -76,7 +85,8 @@ def pipeline_model_card(pipeline, repo_id: str) -> str:
                                  channels=channels, resolution=height,
                                  num_classes=null_class if null_class is not None else pipeline.num_class_embeds,
                                  null_class_label=null_class, self_conditioning=pipeline.self_conditioning,
-                                 guidance_scale=2.0, num_inference_steps=16, grid_file=None)
+                                 guidance_scale=2.0, num_inference_steps=16, grid_file=None,
+                                 sampling_likelihood_cap=sampling_likelihood_cap(pipeline))
     if name == "BinaryFlowSequencePipeline":
         return render_model_card(name, repo_id=repo_id, tags=["discrete-diffusion"], num_inference_steps=16,
                                  self_conditioning=pipeline.self_conditioning)

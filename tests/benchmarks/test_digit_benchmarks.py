@@ -93,7 +93,7 @@ def peers_cache(tmp_path_factory):
 def test_peers_digits_smoke(peers, peers_cache, tmp_path):
     run_smoke("peers_digits", tmp_path, "--cache_dir", peers_cache, "--peers", *peers)
     result = json.loads((tmp_path / "peers_digits.json").read_text())
-    assert [m["key"] for m in result["methods"]] == ["x-mse-ln", *peers] and result["skipped"] == []
+    assert [m["key"] for m in result["methods"]] == ["lr-bce-ln-cap2", *peers] and result["skipped"] == []
     for method in result["methods"]:
         assert set(method["per_nfe"]) == {"1", "2"}  # JSON keys
         for scores in method["per_nfe"].values():

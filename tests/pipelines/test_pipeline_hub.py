@@ -131,6 +131,7 @@ def test_a_plain_push_to_hub_uploads_our_model_card_not_diffusers_generic_one(se
     assert "pipeline_tag" not in metadata, "the Hub has no class-conditional image task"
     assert "pip install diffusers-binflow" in card and 'BinaryFlowPipeline.from_pretrained("tester/binflow-tiny")' in card
     assert "class_labels=list(range(8))" in card and "TODO" not in card
+    assert "capped at" not in card  # a logits model has no likelihood term to cap
 
 
 def test_a_push_keeps_a_card_of_ours_already_in_the_repo(session_hub, tmp_path):

@@ -124,15 +124,18 @@ def test_checkpoints_that_are_not_this_runs_are_refused(workdir, reference_runs,
         check_checkpoint_matches(image / "checkpoint-9", "train_binary_flow", options, 2)
     with pytest.raises(ValueError, match="--self_conditioning False vs True"):
         check_checkpoint_matches(image / "checkpoint-9", "train_binary_flow", {**options, "self_conditioning": True}, 1)
-    # A checkpoint written before runs recorded self-conditioning was trained without it.
+    # A checkpoint written before runs recorded self-conditioning and the likelihood cap was trained without them.
     older = tmp_path / "older" / "checkpoint-9"
     older.mkdir(parents=True)
     state = json.loads((image / "checkpoint-9" / "training_state.json").read_text())
-    del state["options"]["self_conditioning"], state["options"]["self_conditioning_probability"]
+    for name in ("self_conditioning", "self_conditioning_probability", "likelihood_cap"):
+        del state["options"][name]
     (older / "training_state.json").write_text(json.dumps(state))
     check_checkpoint_matches(older, "train_binary_flow", options, 1)
     with pytest.raises(ValueError, match="--self_conditioning False vs True"):
         check_checkpoint_matches(older, "train_binary_flow", {**options, "self_conditioning": True}, 1)
+    with pytest.raises(ValueError, match="--likelihood_cap 50.0 vs 2.0"):
+        check_checkpoint_matches(older, "train_binary_flow", {**options, "likelihood_cap": 2.0}, 1)
     (tmp_path / "checkpoint-5").mkdir()
     with pytest.raises(ValueError, match="is not a complete checkpoint"):
         resolve_checkpoint(str(tmp_path / "checkpoint-5"), tmp_path)

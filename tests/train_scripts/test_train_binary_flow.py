@@ -72,6 +72,9 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
                   output_type="np").images
     assert images.shape == (2, 28, 28, 1) and set(np.unique(images)) <= {0.0, 1.0}
     assert pipe.config.null_class_label == 10 and pipe.unet.config.num_class_embeds == 11
+    # The image default: a likelihood-residual model, sampled with the likelihood term capped at 2 nats.
+    assert pipe.prediction_type == pipe.scheduler.config.prediction_type == "likelihood_residual"
+    assert pipe.readout == ("likelihood_residual", 1.0, 2.0)
     assert {p.name for p in (output_dir / "samples").iterdir()} == {"step_000002.png", "step_000004.png"}
     assert (output_dir / "sample_grid.png").is_file()
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -92,7 +95,8 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     assert {"diffusers_binflow", "binary-flow-matching", "class-conditional"} <= set(metadata["tags"])
     body = (output_dir / "README.md").read_text()
     assert "trust_remote_code=True" in body and "BinaryFlowPipeline.from_pretrained" in body
-    assert "| prediction_type | sample |" in body and "final_training_loss" in body and "sample_grid.png" in body
+    assert "| prediction_type | likelihood_residual |" in body and "| sampling_likelihood_cap | 2.0 |" in body
+    assert "capped at 2.0 nats" in body and "likelihood_cap=50" in body  # how to read the likelihood in full and "final_training_loss" in body and "sample_grid.png" in body
     summary = json.loads((output_dir / "training_summary.json").read_text())
     assert summary["digits_fd"] > 0 and 0 <= summary["digits_precision"] <= 1 and "| digits_fd |" in body
 
@@ -215,7 +219,9 @@ def test_a_missing_column_and_an_unsuitable_resolution_are_refused(tmp_path, tin
 def test_unknown_option_values_are_refused(tmp_path, tiny_config):
     assert "invalid choice" in refused(tmp_path, tiny_config, "--loss_space", "eps")
     assert "at least 200" in refused(tmp_path, tiny_config, "--metrics_num_samples", "50")
-    assert "needs --prediction_type logits" in refused(tmp_path, tiny_config, "--loss_type", "bce")
+    assert "needs --prediction_type logits" in refused(tmp_path, tiny_config, "--prediction_type", "sample")
+    assert "--sampling_likelihood_cap must be in (0, 50.0]" in refused(tmp_path, tiny_config,
+                                                                       "--sampling_likelihood_cap", "0")
 
 
 def test_a_local_datasets_folder_trains_with_its_cache_dir_and_the_card_names_no_local_dataset(tmp_path,
@@ -237,7 +243,8 @@ def test_a_pretrained_model_of_another_size_is_refused(trained, tmp_path, tiny_c
     assert "works on 1 channel(s) at 28px" in message
     message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(base), "--class_conditional",
                       "--prediction_type", "logits")
-    assert "The pretrained model predicts 'sample' at bit_scale 1.0: pass --prediction_type sample" in message
+    assert ("The pretrained model predicts 'likelihood_residual' at bit_scale 1.0: pass --prediction_type "
+            "likelihood_residual --bit_scale 1.0.") in message
     message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(base), "--class_conditional",
                       "--self_conditioning")
     assert "The pretrained model is not self-conditioned: drop --self_conditioning." in message
