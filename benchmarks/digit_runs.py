@@ -74,6 +74,11 @@ class Method:
                               self_conditioning=self.self_conditioning, **logit)
 
     @property
+    def sampler_likelihood_cap(self) -> float:
+        """The cap its sampler puts on a likelihood-residual output's likelihood term."""
+        return self.likelihood_cap if self.sampling_likelihood_cap is None else self.sampling_likelihood_cap
+
+    @property
     def in_channels(self) -> int:
         return 2 if self.self_conditioning else input_channels(self.family, 1)
 
@@ -103,6 +108,10 @@ METHODS = {m.key: m for m in (
     Method("lr2-bce-ln", "likelihood residual capped at 2 nats (trained so) + x-BCE, logit-normal",
            prediction_type="likelihood_residual", loss_type="bce", timestep_sampling="logit_normal",
            likelihood_cap=2.0),
+    Method("lr-bce-ln-sc", "likelihood residual + x-BCE, logit-normal, self-conditioning; sampled with the "
+           "likelihood capped at 2", prediction_type="likelihood_residual", loss_type="bce",
+           timestep_sampling="logit_normal", self_conditioning=True,
+           sampling_likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP),
     Method("x-mse-ln-sc", "x-pred + x-MSE, logit-normal, self-conditioning", timestep_sampling="logit_normal",
            self_conditioning=True),
     Method("lr-bce-ln-cap2", "likelihood residual + x-BCE, logit-normal; sampled with the likelihood capped at 2 "
@@ -202,9 +211,9 @@ def flow_pipeline(run: Run, scheduler=None, **scheduler_options) -> BinaryFlowPi
     """A `BinaryFlowPipeline` (progress bar off) for a flow run: its body, with `scheduler` or a
     `BinaryFlowMatchScheduler` of the run's prediction type and likelihood cap, and `scheduler_options`."""
     method = run.method
-    cap = method.likelihood_cap if method.sampling_likelihood_cap is None else method.sampling_likelihood_cap
-    scheduler = scheduler or BinaryFlowMatchScheduler(prediction_type=method.prediction_type,
-                                                      **{"likelihood_cap": cap, **scheduler_options})
+    scheduler = scheduler or BinaryFlowMatchScheduler(
+        prediction_type=method.prediction_type,
+        **{"likelihood_cap": method.sampler_likelihood_cap, **scheduler_options})
     pipeline = BinaryFlowPipeline(unet=run.model, scheduler=scheduler, prediction_type=method.prediction_type,
                                   self_conditioning=method.self_conditioning)
     pipeline.set_progress_bar_config(disable=True)

@@ -135,12 +135,12 @@ def main(argv=None):
         runs = [train(method, seed, args.steps, args.batch_size, args.cache_dir) for seed in args.seeds]
         # A likelihood-residual model is also scored under each cap a variant samples it with.
         residual = method.prediction_type == "likelihood_residual"
+        own = method.sampler_likelihood_cap
         caps = sorted({cap for v in args.variants
-                       if residual and (cap := VARIANTS[v].get("likelihood_cap", method.likelihood_cap))
-                       != method.likelihood_cap})
-        for cap in [method.likelihood_cap, *caps]:
+                       if residual and (cap := VARIANTS[v].get("likelihood_cap", own)) != own})
+        for cap in [own, *caps]:
             per_seed = [data_end(run, cap, 200 if args.smoke else DATA_END_DIGITS) for run in runs]
-            label = key if cap == method.likelihood_cap else f"{key}, likelihood cap {cap:g}"
+            label = key if cap == own else f"{key}, likelihood cap {cap:g}"
             errors[label] = [{"sigma": sigma, **{k: mean_std([seed[i][k] for seed in per_seed])
                                                  for k in ("model_bit_error", "likelihood_bit_error")}}
                              for i, sigma in enumerate(DATA_END_SIGMAS)]

@@ -39,10 +39,13 @@ class SequenceBackbone(nn.Module):
                  intermediate_size: int | None, max_length: int, dropout: float, backbone_kwargs: dict | None):
         super().__init__()
         defaults = AutoConfig.for_model(backbone_type)
+        # Encoder configs initialise weights with std `initializer_range` (0.02), a scale set for width 768: at the
+        # widths trained here it starts the positions at 3% of the input and attention flat, and learning is slow.
+        # 1/sqrt(hidden_size) instead; only fresh weights see it (loading a saved model replaces them).
         options = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
                        intermediate_size=intermediate_size or 4 * hidden_size, max_position_embeddings=max_length,
-                       vocab_size=1, pad_token_id=0, bos_token_id=None, eos_token_id=None, cls_token_id=None,
-                       sep_token_id=None)
+                       initializer_range=hidden_size**-0.5, vocab_size=1, pad_token_id=0, bos_token_id=None,
+                       eos_token_id=None, cls_token_id=None, sep_token_id=None)
         options = {name: value for name, value in options.items() if hasattr(defaults, name)}
         options.update({name: dropout for name in DROPOUT_OPTIONS if hasattr(defaults, name)})
         config = AutoConfig.for_model(backbone_type, **{**options, **(backbone_kwargs or {})})
