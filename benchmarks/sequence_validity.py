@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import random
 import time
 from pathlib import Path
 
@@ -42,10 +43,12 @@ from diffusers_binflow import BinaryFlowMatchScheduler
 from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
 from diffusers_binflow.sequences.codec import ids_to_texts
 from diffusers_binflow.sequences import (
-    ArithmeticStatements,
+    SEQUENCE_TASKS,
     BitSequenceTransformer,
+    get_task,
     tokenize_to_length,
     train_tokenizer,
+    valid_fraction,
 )
 from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
 
@@ -98,31 +101,63 @@ def train(method: dict, token_ids: torch.Tensor, vocab_size: int, length: int, a
                             "final_loss_ema": None if running is None else round(running, 5), "loss_curve": curve}
 
 
-def evaluate(method: dict, model, tokenizer, task, train_texts: set, length: int, nfe: int, args) -> dict:
-    """Generate --num_samples sequences in batches with `nfe` model evaluations each and score them exactly."""
+def evaluate(method: dict, model, tokenizer, task, train_texts: set, prompts: dict, length: int, nfe: int,
+             args) -> dict:
+    """Generate --num_samples sequences in batches with `nfe` model evaluations each and score them exactly; then
+    complete the infill `prompts` with the same budget."""
     generator = torch.Generator().manual_seed(args.seed + 1000 + nfe)
     texts, start = [], time.perf_counter()
     for first in range(0, args.num_samples, args.sample_batch_size):
         n = min(args.sample_batch_size, args.num_samples - first)
-        if method["kind"] == "bits":
-            scheduler = BinaryFlowMatchScheduler(prediction_type=method["prediction_type"])
-            pipe = BinaryFlowSequencePipeline(denoiser=model, scheduler=scheduler, tokenizer=tokenizer)
-            pipe.set_progress_bar_config(disable=True)
-            batch, failed = sample_or_failure(
-                lambda: pipe(batch_size=n, num_inference_steps=nfe, generator=generator).sequences)
-            if failed is not None:
-                return {"nfe": nfe, "failed": failed}
-            texts += batch
-        else:
-            ids = sample_peer(method["kind"], model, n, length, len(tokenizer), nfe, generator)
-            texts += ids_to_texts(tokenizer, ids)  # as the pipeline decodes: unk stays visible
+        batch, failed = sample_or_failure(lambda: generate(method, model, tokenizer, n, length, nfe, generator))
+        if failed is not None:
+            return {"nfe": nfe, "failed": failed}
+        texts += batch
     seconds = time.perf_counter() - start
+    completions, failed = sample_or_failure(lambda: generate(method, model, tokenizer, len(prompts["ids"]), length,
+                                                             nfe, generator, prompts["ids"], prompts["generate"]))
+    if failed is not None:
+        return {"nfe": nfe, "failed": failed}
     valid = [task.is_valid(text) for text in texts]
     p = sum(valid) / len(texts)
     return {"nfe": nfe, "valid_fraction": round(p, 4), "standard_error": round(math.sqrt(p * (1 - p) / len(texts)), 4),
             "novel_valid_fraction": round(sum(v and t not in train_texts for v, t in zip(valid, texts)) / len(texts), 4),
             "distinct_valid": len({t for v, t in zip(valid, texts) if v}),
-            "seconds_per_sample": round(seconds / len(texts), 6), "examples": texts[:8]}
+            "infill_accuracy": round(valid_fraction(task, completions), 4),
+            "seconds_per_sample": round(seconds / len(texts), 6), "examples": texts[:8],
+            "infill_examples": completions[:4]}
+
+
+def generate(method: dict, model, tokenizer, n: int, length: int, nfe: int, generator: torch.Generator,
+             known: torch.Tensor | None = None, to_generate: torch.Tensor | None = None) -> list[str]:
+    """`n` texts from `method` with `nfe` evaluations; with `known` ids (n, L), only where `to_generate` is True."""
+    if method["kind"] != "bits":
+        keep = None if known is None else ~to_generate
+        ids = sample_peer(method["kind"], model, n, length, len(tokenizer), nfe, generator, known, keep)
+        return ids_to_texts(tokenizer, ids)  # as the pipeline decodes: unk stays visible
+    scheduler = BinaryFlowMatchScheduler(prediction_type=method["prediction_type"])
+    pipe = BinaryFlowSequencePipeline(denoiser=model, scheduler=scheduler, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    conditioning = {} if known is None else {"input_ids": known, "infill_mask": to_generate.long()}
+    return pipe(batch_size=n, sequence_length=length, num_inference_steps=nfe, generator=generator,
+                **conditioning).sequences
+
+
+def infill_prompts(task, texts: list[str], tokenizer, length: int, seed: int) -> dict:
+    """Held-out `texts` with part of each to fill in: the result of a statement (after "="), the second half of a
+    bracket string (from position len // 2, padding included), or 8 random cells of a Sudoku grid. Character
+    tokens, so a character's index is its position. Returns ``{"ids": (N, L), "generate": (N, L) bool}``."""
+    ids = tokenize_to_length(tokenizer, texts, length)
+    to_generate = torch.zeros(ids.shape, dtype=torch.bool)
+    rng = random.Random(seed)
+    for row, text in enumerate(texts):
+        if task.name == "arithmetic":
+            to_generate[row, text.index("=") + 1:] = True
+        elif task.name == "brackets":
+            to_generate[row, len(text) // 2:] = True
+        else:
+            to_generate[row, rng.sample(range(len(text)), 8)] = True
+    return {"ids": ids, "generate": to_generate}
 
 
 def build_model(method: dict, vocab_size: int, length: int, args):
@@ -134,7 +169,10 @@ def build_model(method: dict, vocab_size: int, length: int, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max_operand", type=int, default=19)
+    parser.add_argument("--task", choices=list(SEQUENCE_TASKS), default="arithmetic")
+    parser.add_argument("--max_operand", type=int, default=19, help="arithmetic: operands in [0, this]")
+    parser.add_argument("--max_length", type=int, default=16, help="brackets: the longest string")
+    parser.add_argument("--num_infill", type=int, default=200, help="held-out texts to complete per NFE (at most)")
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
@@ -168,17 +206,21 @@ def main(argv=None):
         args.methods = [name for name in METHODS if args.smoke or name != "ours (MSE)"]
     torch.set_num_threads(args.threads)
 
-    task = ArithmeticStatements(max_operand=args.max_operand)
-    tokenizer = train_tokenizer(task.texts("all"), "char")
-    train_texts = task.texts("train")
-    token_ids = tokenize_to_length(tokenizer, train_texts)
-    length, vocab_size = token_ids.shape[1], len(tokenizer)
+    task = get_task(args.task, **{"arithmetic": {"max_operand": args.max_operand},
+                                  "brackets": {"max_length": args.max_length}}.get(args.task, {}))
+    train_texts, heldout_texts = task.texts("train"), task.texts("heldout")
+    tokenizer = train_tokenizer(train_texts + heldout_texts, "char")
+    length = max(map(len, train_texts + heldout_texts))
+    token_ids = tokenize_to_length(tokenizer, train_texts, length)
+    vocab_size = len(tokenizer)
+    prompts = infill_prompts(task, heldout_texts[:args.num_infill], tokenizer, length, args.seed)
     result = {
         "command": command_line(__spec__.name, argv),
         "config": {k: v for k, v in vars(args).items() if k != "output_dir"},
         "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "platform": platform.platform()},
-        "data": {"train_statements": len(train_texts), "heldout_statements": len(task.texts("heldout")),
+        "data": {"task": task.name, "train_statements": len(train_texts), "heldout_statements": len(heldout_texts),
+                 "infill_prompts": len(prompts["ids"]),
                  "vocab_size": vocab_size, "sequence_length": length},
         "methods": {}, "complete": False,
     }
@@ -191,10 +233,12 @@ def main(argv=None):
         print(f"  {entry['num_parameters']:,} parameters, diverged: {record['diverged']}", flush=True)
         entry["by_nfe"] = []
         for nfe in nfes_of(name, args.nfe, result["data"]):
-            entry["by_nfe"].append(evaluate(method, model, tokenizer, task, set(train_texts), length, nfe, args))
+            entry["by_nfe"].append(evaluate(method, model, tokenizer, task, set(train_texts), prompts, length, nfe,
+                                            args))
             row = entry["by_nfe"][-1]
             print(f"  NFE {nfe}: sampling failed: {row['failed']}" if "failed" in row else
                   f"  NFE {nfe}: valid {row['valid_fraction']:.3f}, novel {row['novel_valid_fraction']:.3f}, "
+                  f"infill {row['infill_accuracy']:.3f}, "
                   f"{row['seconds_per_sample'] * 1000:.2f} ms/sample", flush=True)
         result["methods"][name] = entry
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -230,10 +274,11 @@ def write_outputs(result: dict, output_dir: Path):
 def markdown(result: dict) -> str:
     config, data, machine = result["config"], result["data"], result["machine"]
     lines = [
-        "# Exact validity vs NFE on arithmetic statements (ours through bits vs token-level peers)", "",
+        f"# Exact validity vs NFE on {TASK_TITLES[data.get('task', 'arithmetic')]} (ours through bits vs "
+        "token-level peers)", "",
         "Command" + (" (runs in parallel, one method each, merged with `--combine`)" if " ; " in result["command"]
                      else "") + f": `{result['command']}`  ",
-        f"Task: `a+b=c`, a, b in [0, {config['max_operand']}]; {data['train_statements']} training statements, "
+        f"Task: {task_description(config, data)}; {data['train_statements']} training texts, "
         f"{data['heldout_statements']} held out; {data['vocab_size']} character tokens, length "
         f"{data['sequence_length']}. Every method: encoder (GPT-2 for the autoregressive one) "
         f"{config['hidden_size']}x{config['num_layers']} "
@@ -242,8 +287,10 @@ def markdown(result: dict) -> str:
         f"{result['wall_seconds']} s on {machine['threads']} thread(s) of a {machine['cpu_count']}-core CPU machine, "
         f"torch {machine['torch']}."
         + ("" if result["complete"] else " **Partial: not every method has finished.**"), "",
-        "Valid: the exact checker accepts the statement (standard error in brackets). Novel: valid and not a "
-        "training statement. s/sample: sampling wall time per sequence on one thread.", "",
+        "Valid: the exact checker accepts the text (standard error in brackets). Novel: valid and not a training "
+        "text. Infill: the share of held-out texts, part given (the result after `=`, the second half of a bracket "
+        "string, 8 cells of a grid to fill), completed validly with the same budget. s/sample: sampling wall time "
+        "per sequence on one thread.", "",
         "| method | params | train s | final loss | " + " | ".join(f"NFE {n}" for n in config["nfe"])
         + " | at its own NFE |", "|---|---|---|---|" + "---|" * (len(config["nfe"]) + 1),
     ]
@@ -253,16 +300,31 @@ def markdown(result: dict) -> str:
         own = "; ".join(f"{cell} at NFE {n}" for n, cell in cells.items() if n not in config["nfe"])
         lines.append(f"| {name} | {entry['num_parameters']:,} | {entry['train_seconds']} | {entry['final_loss_ema']} | "
                      + " | ".join(cells.get(n, "") for n in config["nfe"]) + f" | {own} |")
-    lines += ["", "| method | NFE | valid | novel valid | distinct valid | s/sample | examples |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| method | NFE | valid | novel valid | distinct valid | infill | s/sample | examples |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, entry in result["methods"].items():
         for r in entry["by_nfe"]:
             if "failed" in r:
-                lines.append(f"| {name} | {r['nfe']} | n/a (sampling failed) | | | | |")
+                lines.append(f"| {name} | {r['nfe']} | n/a (sampling failed) | | | | | |")
                 continue
             examples = ", ".join(f"`{t}`" for t in r["examples"][:4])
+            infill = f"{r['infill_accuracy']:.3f}" if "infill_accuracy" in r else "not measured"
             lines.append(f"| {name} | {r['nfe']} | {r['valid_fraction']:.3f} | {r['novel_valid_fraction']:.3f} | "
-                         f"{r['distinct_valid']} | {r['seconds_per_sample']:.5f} | {examples} |")
+                         f"{r['distinct_valid']} | {infill} | {r['seconds_per_sample']:.5f} | {examples} |")
     return "\n".join(lines)
+
+
+TASK_TITLES = {"arithmetic": "arithmetic statements", "brackets": "balanced brackets", "sudoku": "4x4 Sudoku grids"}
+
+
+def task_description(config: dict, data: dict) -> str:
+    """The task in words (results written before --task existed are arithmetic)."""
+    task = data.get("task", "arithmetic")
+    if task == "arithmetic":
+        return f"`a+b=c`, a, b in [0, {config['max_operand']}]"
+    if task == "brackets":
+        return f"balanced strings over `()[]` of at most {config['max_length']} characters"
+    return "solved 4x4 Sudoku grids, 16 digits row by row"
 
 
 def cosine_note(config: dict) -> str:
@@ -281,7 +343,7 @@ def plot(result: dict, path: Path):
     ax.set_xlabel("NFE (model evaluations per sample)")
     ax.set_ylabel("exact valid fraction")
     ax.set_ylim(0, 1)
-    ax.set_title("Arithmetic statements: valid fraction vs NFE")
+    ax.set_title(f"{TASK_TITLES[result['data'].get('task', 'arithmetic')].capitalize()}: valid fraction vs NFE")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -5,6 +5,7 @@ from .data import (
     SEQUENCE_TASKS,
     ArithmeticStatements,
     BalancedBrackets,
+    SudokuGrids,
     get_task,
     valid_fraction,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "BitSequenceTransformer",
     "BitSequenceTransformerOutput",
     "SequenceBackbone",
+    "SudokuGrids",
     "TokenBitCodec",
     "bits_for_vocab",
     "build_sequence_model",

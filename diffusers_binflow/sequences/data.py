@@ -6,6 +6,7 @@
   for being new.
 - `BalancedBrackets`: non-empty strings over ``()[]`` of at most `max_length` characters in which every bracket
   is closed by its own kind in the right order.
+- `SudokuGrids`: solved 4x4 Sudoku grids as 16 digits; all 288 are enumerable, a seeded share is held out.
 """
 
 import random
@@ -98,7 +99,57 @@ class BalancedBrackets:
         return not stack
 
 
-SEQUENCE_TASKS = {task.name: task for task in (ArithmeticStatements, BalancedBrackets)}
+class SudokuGrids:
+    """Solved 4x4 Sudoku grids as 16 digits, row by row (``"1234341221434321"``): every row, column and 2x2 box holds
+    1-4 once. All 288 grids are enumerable; a fixed, seeded share is held out of training. Every constraint spans
+    positions up to 12 apart, so a sequence model must get long-range structure right."""
+
+    name = "sudoku"
+    max_chars = 16
+    _units = ([[4 * r + c for c in range(4)] for r in range(4)] + [[4 * r + c for r in range(4)] for c in range(4)]
+              + [[4 * (r + dr) + c + dc for dr in (0, 1) for dc in (0, 1)] for r in (0, 2) for c in (0, 2)])
+
+    def __init__(self, heldout_fraction: float = 0.1, seed: int = 0):
+        if not 0 <= heldout_fraction < 1:
+            raise ValueError(f"`heldout_fraction` must be in [0, 1), got {heldout_fraction}.")
+        self.heldout_fraction, self.seed = heldout_fraction, seed
+
+    def texts(self, split: str = "train") -> list[str]:
+        """The grids of `split` (`"train"`, `"heldout"` or `"all"`), in a fixed order."""
+        grids = self._all_grids()
+        if split == "all":
+            return grids
+        if split not in ("train", "heldout"):
+            raise ValueError(f"Unknown split {split!r}; choose 'train', 'heldout' or 'all'.")
+        order = list(range(len(grids)))
+        random.Random(self.seed).shuffle(order)
+        num_heldout = round(self.heldout_fraction * len(grids))
+        chosen = sorted(order[:num_heldout]) if split == "heldout" else sorted(order[num_heldout:])
+        return [grids[i] for i in chosen]
+
+    def _all_grids(self) -> list[str]:
+        """Every solved grid, by filling cells in order with the digits their units still allow."""
+        grids, cells = [], [""] * 16
+
+        def fill(position: int):
+            if position == 16:
+                grids.append("".join(cells))
+                return
+            for digit in "1234":
+                if all(cells[i] != digit for unit in self._units if position in unit for i in unit):
+                    cells[position] = digit
+                    fill(position + 1)
+            cells[position] = ""
+
+        fill(0)
+        return grids
+
+    def is_valid(self, text: str) -> bool:
+        return (len(text) == 16 and set(text) <= set("1234")
+                and all(len({text[i] for i in unit}) == 4 for unit in self._units))
+
+
+SEQUENCE_TASKS = {task.name: task for task in (ArithmeticStatements, BalancedBrackets, SudokuGrids)}
 
 
 def get_task(name: str, **kwargs):

@@ -30,10 +30,34 @@ def test_smoke_run_reports_every_method_at_every_nfe(smoke):
         for row in entry["by_nfe"]:
             assert 0 <= row["novel_valid_fraction"] <= row["valid_fraction"] <= 1 and row["seconds_per_sample"] > 0
             assert len(row["examples"]) == 8 and all(isinstance(text, str) for text in row["examples"])
+            assert 0 <= row["infill_accuracy"] <= 1 and len(row["infill_examples"]) == 4
         assert entry["num_parameters"] > 0 and entry["loss_curve"][-1]["step"] == 4 and not entry["diverged"]
     markdown = (smoke / "sequence_validity.md").read_text()
     assert "| ours (BCE) |" in markdown and "NFE 4" in markdown and result["command"] in markdown
     assert PIL.Image.open(smoke / "sequence_validity.png").size[0] > 100
+
+
+@pytest.mark.parametrize("task", ["brackets", "sudoku"])
+def test_the_other_tasks_run_with_their_infill_prompts(task, tmp_path):
+    run_benchmark("sequence_validity", "--smoke", "--task", task, "--methods", "ours (BCE)",
+                  "masked diffusion (MDLM loss)", "--output_dir", tmp_path)
+    result = json.loads((tmp_path / "sequence_validity.json").read_text())
+    assert result["data"]["task"] == task and result["data"]["infill_prompts"] == min(200, result["data"][
+        "heldout_statements"])
+    assert all("infill_accuracy" in row for entry in result["methods"].values() for row in entry["by_nfe"])
+
+
+def test_infill_prompts_give_what_each_task_leaves_to_fill():
+    from diffusers_binflow.sequences import ArithmeticStatements, SudokuGrids, train_tokenizer
+
+    arithmetic = ArithmeticStatements(max_operand=19)
+    tokenizer = train_tokenizer(arithmetic.texts("all"), "char")
+    prompts = sequence_validity.infill_prompts(arithmetic, ["17+25=42", "3+4=7"], tokenizer, 8, seed=0)
+    assert prompts["generate"].tolist() == [[False] * 6 + [True] * 2, [False] * 4 + [True] * 4]
+    sudoku = SudokuGrids()
+    grids = sudoku.texts("heldout")[:3]
+    prompts = sequence_validity.infill_prompts(sudoku, grids, train_tokenizer(grids, "char"), 16, seed=0)
+    assert prompts["generate"].sum(1).tolist() == [8, 8, 8]
 
 
 def test_runs_of_single_methods_combine_into_one_report(smoke, tmp_path):

@@ -6,6 +6,7 @@ import torch
 from diffusers_binflow.sequences import (
     ArithmeticStatements,
     BalancedBrackets,
+    SudokuGrids,
     get_task,
     tokenize_to_length,
     train_tokenizer,
@@ -44,13 +45,24 @@ def test_bracket_samples_are_balanced_varied_and_reproducible():
     assert task.texts("train") == train and task.texts("heldout") != train[:50]
 
 
+def test_sudoku_enumerates_the_288_solved_grids_and_checks_every_unit():
+    task = SudokuGrids(heldout_fraction=0.1)
+    every, train, heldout = task.texts("all"), task.texts("train"), task.texts("heldout")
+    assert len(set(every)) == 288 and len(heldout) == 29 and sorted(train + heldout) == every  # 288 is known
+    assert valid_fraction(task, every) == 1.0
+    grid = every[0]
+    swapped_in_row = grid[1] + grid[0] + grid[2:]  # rows still hold 1-4, the first two columns no longer do
+    assert not task.is_valid(swapped_in_row) and not task.is_valid(grid[:15]) and not task.is_valid("5" + grid[1:])
+    assert get_task("sudoku").texts("heldout") == heldout
+
+
 def test_valid_fraction_counts_exactly():
     assert valid_fraction(ArithmeticStatements(), ["1+1=2", "1+1=3", "2+2=4", "x"]) == 0.5
 
 
 def test_unknown_tasks_and_splits_are_refused():
     with pytest.raises(ValueError, match="arithmetic"):
-        get_task("sudoku")
+        get_task("chess")
     with pytest.raises(ValueError, match="split"):
         ArithmeticStatements().texts("test")
 
