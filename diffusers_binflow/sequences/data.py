@@ -13,6 +13,20 @@ import random
 import re
 
 
+def split_texts(texts: list[str], split: str, heldout_fraction: float, seed: int) -> list[str]:
+    """The `split` (`"train"`, `"heldout"` or `"all"`) of an enumerable task's `texts`: a seeded share
+    `heldout_fraction` is held out; both splits keep the texts' order."""
+    if split == "all":
+        return texts
+    if split not in ("train", "heldout"):
+        raise ValueError(f"Unknown split {split!r}; choose 'train', 'heldout' or 'all'.")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    num_heldout = round(heldout_fraction * len(texts))
+    chosen = sorted(order[:num_heldout]) if split == "heldout" else sorted(order[num_heldout:])
+    return [texts[i] for i in chosen]
+
+
 class ArithmeticStatements:
     """Addition statements ``a+b=c`` (see the module docstring)."""
 
@@ -34,15 +48,7 @@ class ArithmeticStatements:
     def texts(self, split: str = "train") -> list[str]:
         """The statements of `split` (`"train"`, `"heldout"` or `"all"`), in a fixed order."""
         statements = [f"{a}+{b}={a + b}" for a in range(self.max_operand + 1) for b in range(self.max_operand + 1)]
-        if split == "all":
-            return statements
-        if split not in ("train", "heldout"):
-            raise ValueError(f"Unknown split {split!r}; choose 'train', 'heldout' or 'all'.")
-        order = list(range(len(statements)))
-        random.Random(self.seed).shuffle(order)
-        num_heldout = round(self.heldout_fraction * len(statements))
-        chosen = sorted(order[:num_heldout]) if split == "heldout" else sorted(order[num_heldout:])
-        return [statements[i] for i in chosen]
+        return split_texts(statements, split, self.heldout_fraction, self.seed)
 
     def is_valid(self, text: str) -> bool:
         match = self._pattern.fullmatch(text)
@@ -116,16 +122,7 @@ class SudokuGrids:
 
     def texts(self, split: str = "train") -> list[str]:
         """The grids of `split` (`"train"`, `"heldout"` or `"all"`), in a fixed order."""
-        grids = self._all_grids()
-        if split == "all":
-            return grids
-        if split not in ("train", "heldout"):
-            raise ValueError(f"Unknown split {split!r}; choose 'train', 'heldout' or 'all'.")
-        order = list(range(len(grids)))
-        random.Random(self.seed).shuffle(order)
-        num_heldout = round(self.heldout_fraction * len(grids))
-        chosen = sorted(order[:num_heldout]) if split == "heldout" else sorted(order[num_heldout:])
-        return [grids[i] for i in chosen]
+        return split_texts(self._all_grids(), split, self.heldout_fraction, self.seed)
 
     def _all_grids(self) -> list[str]:
         """Every solved grid, by filling cells in order with the digits their units still allow."""
