@@ -101,7 +101,8 @@ def test_peers_digits_smoke(peers, peers_cache, tmp_path):
             assert 0 <= scores["precision"]["mean"] <= 1 and 0 <= scores["recall"]["mean"] <= 1
     assert all(math.isfinite(x) for x in numbers(result))
     table = (tmp_path / "peers_digits.md").read_text()
-    assert table.count("| x-pred + x-MSE, logit-normal |") == 3  # FD, seconds, precision / recall tables
+    ours = METHODS["lr-bce-ln-cap2"].name
+    assert table.count(f"| {ours} |") == 3  # FD, seconds, precision / recall tables
     check_png(tmp_path / "peers_digits.png")
 
 
