@@ -73,7 +73,8 @@ def test_the_lr_curve_per_optimiser_step_does_not_depend_on_the_number_of_proces
     from diffusers.optimization import get_scheduler
 
     curves = [[r["lr"] for r in log_records(reference_runs(script, n)) if "lr" in r] for n in (1, 2)]
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    learning_rate = load_script(script).parse_args(["--output_dir", "x"]).learning_rate  # the script's default
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate)
     expected = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=10)
     steps = []
     for _ in range(10):
