@@ -26,7 +26,8 @@ class FlowLossConfig:
     drawn logit-normally with logit(sigma) ~ N(0.8, 0.8) (JiT's tilt towards noise; in the paper's t = 1 - sigma,
     logit(t) ~ N(-0.8, 0.8)), no weighting; on binarized digits it matched the JiT recipe and beat the paper's
     uniform sigma by far. The scripts' defaults depend on the data: `IMAGE_RECIPE` for images, logits with
-    cross-entropy under uniform sigma for symbols (BENCHMARKS.md, "The default recipe"). `weighting_max` multiplies each sample's loss by ``min(sigma**-2, weighting_max)`` (`inverse_square_weight`);
+    cross-entropy under uniform sigma for symbols (BENCHMARKS.md, "The default recipe").
+    `weighting_max` multiplies each sample's loss by ``min(sigma**-2, weighting_max)`` (`inverse_square_weight`);
     `uniform_fraction` draws that share of the sigmas uniformly instead (`sample_sigmas`), to train the data end.
     `likelihood_cap` caps the likelihood term of a `"likelihood_residual"` output (`flow.likelihood_logits`) in
     training (50: none); sample such a model with at most that cap.
@@ -87,8 +88,8 @@ def add_recipe_arguments(group, prediction_types=tuple(p for p in PREDICTION_TYP
                        help="Weight the loss by min(sigma^-2, this) (a bounded, aligned form of JiT's clamp).")
     group.add_argument("--bit_scale", type=float, default=base["bit_scale"])
     group.add_argument("--likelihood_cap", type=float, default=base["likelihood_cap"],
-                       help="For --prediction_type likelihood_residual: cap (nats) on the likelihood term, in training "
-                            "and in the saved scheduler (50 = none).")
+                       help="For --prediction_type likelihood_residual: cap (nats) on the likelihood term in "
+                            "training (50 = none); the saved scheduler's too unless --sampling_likelihood_cap.")
     group.add_argument("--self_conditioning", action=argparse.BooleanOptionalAction, default=base["self_conditioning"],
                        help="Self-conditioning (Bit Diffusion): the denoiser takes twice the input features and also "
                             "sees its previous estimate of the clean bits.")
