@@ -392,14 +392,17 @@ class EpochOrder:
 
 def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_cap: float | None = None):
     """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
-    ``--solver`` and ``--sampling_likelihood_cap`` (default: the recipe's ``--likelihood_cap``)."""
+    ``--solver`` and ``--sampling_likelihood_cap`` (`sampling_likelihood_cap`, or when None the recipe's
+    ``--likelihood_cap``)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
     group.add_argument("--solver", default="euler", choices=["euler", "heun"])
     group.add_argument("--sampling_likelihood_cap", type=float, default=sampling_likelihood_cap,
                        help="For a likelihood_residual model: the cap (nats) the saved scheduler puts on the "
                             "likelihood term when sampling (BinaryFlowMatchScheduler's likelihood_cap); default: "
-                            "--likelihood_cap. A small cap lets the network veto bits the sampler got wrong; 50 keeps "
-                            "the data end exact.")
+                            + ("--likelihood_cap" if sampling_likelihood_cap is None else
+                               f"{sampling_likelihood_cap:g}")
+                            + ". A small cap lets the network veto bits the sampler got wrong; 50 keeps the data end "
+                            "exact.")
 
 
 def noise_scheduler_from_args(args) -> BinaryFlowMatchScheduler:
