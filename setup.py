@@ -38,6 +38,8 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.26",
         "Pillow>=10",
+        # Sionna (Apache-2.0, PyTorch): MIMO channels, constellations and the classical detectors.
+        "sionna-no-rt>=2.2",
     ],
     extras_require={
         # Jinja2 renders model cards; tensorboard is optional logging; datasets reads --dataset_name.
