@@ -3,7 +3,8 @@
     python train_scripts/train_mimo.py --output_dir mimo-4x4-qpsk --num_tx 4 --num_rx 4 --modulation qpsk \
         --prediction_type logits --loss_type bce
 
-Channel uses are simulated on the fly (i.i.d. Rayleigh H, SNR per receive antenna drawn uniformly in dB from
+Channel uses are simulated on the fly (Rayleigh H, i.i.d. or Kronecker-correlated with --correlation, known exactly
+or up to an error of variance --csi_error_var; SNR per receive antenna drawn uniformly in dB from
 [--snr_db_min, --snr_db_max] for every channel use; see `diffusers_binflow.mimo.channel`). The recipe options are the
 image script's: x-prediction (`sample`, or `logits` for cross-entropy), loss space, loss type and sigma sampling.
 The result is a `BinaryFlowMIMOPipeline` saved in --output_dir with a model card reporting a BER table.
@@ -57,11 +58,13 @@ from diffusers_binflow.training_runs import (
 logger = logging.getLogger(__name__)
 SCRIPT = "train_mimo"
 # Options a resumed run must share with the run that wrote the checkpoint.
-RESUME_OPTIONS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "hidden_size", "num_layers",
+RESUME_OPTIONS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "correlation", "csi_error_var",
+                  "hidden_size", "num_layers",
                   "num_heads", "mlp_ratio", "ep_iterations", *RECIPE_OPTIONS, "seed", "train_batch_size",
                   "gradient_accumulation_steps", "learning_rate", "use_ema")
 # The training options a MIMO model card reports, in this order.
-CARD_SETTINGS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "hidden_size", "num_layers",
+CARD_SETTINGS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "correlation", "csi_error_var",
+                 "hidden_size", "num_layers",
                  "num_heads", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction",
                  "likelihood_cap", "v_clamp", "weighting_max", "self_conditioning", "train_batch_size",
                  "max_train_steps", "learning_rate", "lr_scheduler", "use_ema", "seed", "solver",
@@ -78,6 +81,10 @@ def parse_args(argv=None):
     system.add_argument("--modulation", default="qpsk", choices=list(MODULATIONS))
     system.add_argument("--snr_db_min", type=float, default=0.0, help="SNR per receive antenna, dB.")
     system.add_argument("--snr_db_max", type=float, default=24.0)
+    system.add_argument("--correlation", type=float, default=0.0,
+                        help="Exponential Kronecker correlation rho^|i-j| at both ends, in [0, 1) (0: i.i.d.).")
+    system.add_argument("--csi_error_var", type=float, default=0.0,
+                        help="The receiver knows H + E, E i.i.d. CN(0, this) (0: exact channel knowledge).")
 
     model = parser.add_argument_group("model and recipe")
     model.add_argument("--hidden_size", type=int, default=64)
@@ -116,6 +123,10 @@ def parse_args(argv=None):
         parser.error("--snr_db_min and --snr_db_max must be finite.")
     if args.snr_db_max < args.snr_db_min:
         parser.error("--snr_db_max must be at least --snr_db_min.")
+    if not 0 <= args.correlation < 1:
+        parser.error(f"--correlation must be in [0, 1), got {args.correlation}.")
+    if not 0 <= args.csi_error_var < float("inf"):
+        parser.error(f"--csi_error_var must be a finite number >= 0, got {args.csi_error_var}.")
     if args.max_train_seconds is not None and not args.max_train_seconds > 0:
         parser.error(f"--max_train_seconds must be positive, got {args.max_train_seconds}.")
     try:
@@ -169,7 +180,8 @@ def main(args):
             snr_db = args.snr_db_min + (args.snr_db_max - args.snr_db_min) * torch.rand(
                 args.train_batch_size, generator=generator, device=accelerator.device)
             batch = simulate(args.train_batch_size, args.num_tx, args.num_rx, args.modulation, snr_db,
-                             generator=generator, device=accelerator.device)
+                             generator=generator, device=accelerator.device, correlation=args.correlation,
+                             csi_error_var=args.csi_error_var)
             with accelerator.accumulate(model):
                 out = flow_matching_loss(model, batch.bits, loss_config, generator=generator,
                                          model_kwargs={"y": batch.y, "H": batch.H, "noise_var": batch.noise_var})
@@ -245,11 +257,13 @@ def ber_table_for_card(pipeline: BinaryFlowMIMOPipeline, args):
         for snr in args.eval_snr_db:
             result = measure_ber(detect, args.num_tx, args.num_rx, modulation, snr, min_errors=10**9,
                                  max_bits=args.eval_channel_uses * num_bits, batch_size=args.eval_channel_uses,
-                                 seed=args.seed + 1, device=pipeline.device)
+                                 seed=args.seed + 1, device=pipeline.device, correlation=args.correlation,
+                                 csi_error_var=args.csi_error_var)
             table[name][snr] = result.ber
             counts[name][f"{snr:g}"] = {"bit_errors": result.bit_errors, "bits": result.bits}
     description = (f"{args.eval_channel_uses} channel uses ({args.eval_channel_uses * num_bits} bits) per SNR, the "
-                   "same for every detector; SNR per receive antenna.")
+                   "same for every detector; SNR per receive antenna; the training channel (correlation "
+                   f"{args.correlation:g}, CSI error variance {args.csi_error_var:g}).")
     return table, counts, description
 
 

@@ -2,7 +2,10 @@
 
 Convention (one place for it):
 
-- A complex ``num_rx x num_tx`` channel ``H`` has i.i.d. CN(0, 1) entries (Rayleigh fading, ``E|h_ij|^2 = 1``).
+- A complex ``num_rx x num_tx`` channel ``H`` has CN(0, 1) entries (Rayleigh fading, ``E|h_ij|^2 = 1``), i.i.d. or
+  Kronecker-correlated: ``H = R_rx^(1/2) H_w R_tx^(1/2)`` with exponential correlation ``R_ij = rho^|i - j|`` at both
+  ends (Sionna's `exp_corr_mat` and `KroneckerModel`).
+- The receiver knows ``H`` exactly, or an estimate ``H + E`` with ``E`` i.i.d. CN(0, csi_error_var).
 - Complex symbols have unit average energy, ``E|s|^2 = Es = 1`` (QPSK: ``(+-1 +- 1j) / sqrt(2)``; 16-QAM:
   ``{-3, -1, 1, 3} / sqrt(10)`` per dimension; BPSK: ``+-1`` on the real axis only).
 - The noise is CN(0, N0) per receive antenna; ``noise_var`` is always this ``N0`` (each real dimension carries
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.utils import BaseOutput
+from sionna.phy.channel import KroneckerModel, exp_corr_mat
 
 from ..bits import bits_to_signal
 
@@ -135,9 +139,12 @@ class MIMOBatch(BaseOutput):
     Args:
         bits (`torch.Tensor` of shape (B, num_bits)): The transmitted bits, 0/1.
         symbols (`torch.Tensor` of shape (B, n)): The real symbols ``s_r``.
-        H (`torch.Tensor` of shape (B, 2 num_rx, n)): The real channel ``H_r``.
-        y (`torch.Tensor` of shape (B, 2 num_rx)): The received ``y_r = H_r s_r + n_r``.
+        H (`torch.Tensor` of shape (B, 2 num_rx, n)): The real channel ``H_r`` as the receiver knows it: what
+            detectors are given.
+        y (`torch.Tensor` of shape (B, 2 num_rx)): The received ``y_r = H_true s_r + n_r``.
         noise_var (`torch.Tensor` of shape (B,)): ``N0``, the complex noise variance per receive antenna.
+        H_true (`torch.Tensor` of shape (B, 2 num_rx, n)): The channel that produced `y`; `H` itself when the
+            receiver knows it exactly.
     """
 
     bits: torch.Tensor
@@ -145,6 +152,12 @@ class MIMOBatch(BaseOutput):
     H: torch.Tensor
     y: torch.Tensor
     noise_var: torch.Tensor
+    H_true: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.H_true is None:
+            self.H_true = self.H
+        super().__post_init__()
 
 
 def simulate(
@@ -155,22 +168,46 @@ def simulate(
     snr_db,
     generator: torch.Generator | None = None,
     device: str | torch.device | None = None,
+    correlation: float = 0.0,
+    csi_error_var: float = 0.0,
 ) -> MIMOBatch:
-    """Draw `batch_size` channel uses: uniform bits, i.i.d. Rayleigh ``H`` and AWGN at `snr_db` (SNR per receive
-    antenna; a float or one value per channel use, shape (B,)). All randomness comes from `generator`."""
+    """Draw `batch_size` channel uses: uniform bits, Rayleigh ``H`` and AWGN at `snr_db` (SNR per receive antenna; a
+    float or one value per channel use, shape (B,)). ``H`` is i.i.d., or Kronecker-correlated with exponential
+    `correlation` rho in [0, 1) at both ends; with `csi_error_var` > 0 the batch's `H` is the receiver's estimate
+    ``H_true + E``, ``E`` i.i.d. CN(0, csi_error_var). All randomness comes from `generator` (the same draws as an
+    i.i.d. channel with exact knowledge, then ``E``)."""
     modulation = get_modulation(modulation)
     if min(batch_size, num_tx, num_rx) < 1:
         raise ValueError(f"batch_size, num_tx and num_rx must be positive, got {batch_size}, {num_tx}, {num_rx}.")
+    if not 0 <= correlation < 1:
+        raise ValueError(f"correlation must be in [0, 1) (1 makes the channel rank one), got {correlation}.")
+    if not (math.isfinite(csi_error_var) and csi_error_var >= 0):
+        raise ValueError(f"csi_error_var must be a finite number >= 0, got {csi_error_var}.")
     num_bits = modulation.num_real_symbols(num_tx) * modulation.bits_per_real
     bits = torch.randint(0, 2, (batch_size, num_bits), generator=generator, device=device).float()
     symbols = modulation.bits_to_symbols(bits)
     H_c = torch.randn(batch_size, num_rx, num_tx, dtype=torch.complex64, generator=generator, device=device)
     noise_c = torch.randn(batch_size, num_rx, dtype=torch.complex64, generator=generator, device=device)
     noise_var = snr_db_to_noise_var(snr_db, num_tx).to(device).expand(batch_size).contiguous()
+    if correlation > 0:
+        H_c = correlate(H_c, correlation)
     _, H = complex_to_real(noise_c, H_c, modulation)
     noise = torch.cat([noise_c.real, noise_c.imag], dim=-1) * noise_var[:, None].sqrt()
     y = (H @ symbols[..., None]).squeeze(-1) + noise
-    return MIMOBatch(bits=bits, symbols=symbols, H=H, y=y, noise_var=noise_var)
+    known = H
+    if csi_error_var > 0:
+        error = torch.randn(H_c.shape, dtype=H_c.dtype, generator=generator, device=device) * math.sqrt(csi_error_var)
+        _, known = complex_to_real(noise_c, H_c + error, modulation)
+    return MIMOBatch(bits=bits, symbols=symbols, H=known, y=y, noise_var=noise_var, H_true=H)
+
+
+def correlate(H: torch.Tensor, rho: float) -> torch.Tensor:
+    """Sionna's Kronecker model with exponential correlation ``rho^|i - j|`` at both ends, applied to i.i.d. complex
+    ``H (B, num_rx, num_tx)``; each entry keeps ``E|h_ij|^2 = 1``."""
+    num_rx, num_tx = H.shape[-2:]
+    where = dict(precision="double" if H.dtype == torch.complex128 else "single", device=str(H.device))
+    model = KroneckerModel(exp_corr_mat(rho, num_tx, **where), exp_corr_mat(rho, num_rx, **where), **where)
+    return model(H)
 
 
 def check_channel_inputs(y: torch.Tensor, H: torch.Tensor, noise_var, num_bits_per_real: int | None = None):
@@ -202,5 +239,5 @@ def check_channel_inputs(y: torch.Tensor, H: torch.Tensor, noise_var, num_bits_p
     return noise_var
 
 
-__all__ = ["MIMOBatch", "MODULATIONS", "Modulation", "check_channel_inputs", "complex_to_real",
+__all__ = ["MIMOBatch", "MODULATIONS", "Modulation", "check_channel_inputs", "complex_to_real", "correlate",
            "get_modulation", "simulate", "snr_db_to_ebn0_db", "snr_db_to_noise_var"]

@@ -1,4 +1,5 @@
-"""The channel simulator: symbol energy, Gray mapping, the real-valued equivalent and the SNR convention."""
+"""The channel simulator: symbol energy, Gray mapping, the real-valued equivalent, the SNR convention, correlated
+channels and imperfect channel knowledge."""
 
 import math
 
@@ -9,9 +10,11 @@ from diffusers_binflow.mimo import (
     MODULATIONS,
     complex_to_real,
     get_modulation,
+    lmmse,
     simulate,
     snr_db_to_ebn0_db,
 )
+from diffusers_binflow.mimo.sionna_bridge import real_to_complex
 
 
 @pytest.mark.parametrize("name", list(MODULATIONS))
@@ -83,3 +86,39 @@ def test_ebn0_conversion():
 def test_unknown_modulation_is_named():
     with pytest.raises(ValueError, match="8psk"):
         get_modulation("8psk")
+
+
+def test_correlated_channels_follow_the_exponential_kronecker_model():
+    """E[h_i h_j^*] over receive antennas is rho^|i - j| (and so over transmit antennas), entries keep unit power,
+    and rho = 0 is the i.i.d. channel of the same draws."""
+    rho, generator = 0.7, torch.Generator().manual_seed(0)
+    batch = simulate(20000, 3, 4, "qpsk", 10.0, generator=generator, correlation=rho)
+    _, H = real_to_complex(batch.y, batch.H, "qpsk")
+    receive = torch.einsum("bik,bjk->ij", H, H.conj()) / (H.shape[0] * H.shape[2])
+    transmit = torch.einsum("bki,bkj->ij", H, H.conj()) / (H.shape[0] * H.shape[1])
+    for matrix, n in ((receive, 4), (transmit, 3)):
+        expected = rho ** (torch.arange(n)[:, None] - torch.arange(n)).abs().double()
+        torch.testing.assert_close(matrix.real.double(), expected, atol=0.03, rtol=0)
+    iid = simulate(5, 3, 4, "qpsk", 10.0, generator=torch.Generator().manual_seed(1))
+    same = simulate(5, 3, 4, "qpsk", 10.0, generator=torch.Generator().manual_seed(1), correlation=0.0)
+    assert torch.equal(iid.H, same.H) and torch.equal(iid.y, same.y)
+
+
+def test_imperfect_channel_knowledge_gives_the_receiver_a_noisy_estimate():
+    exact = simulate(4000, 4, 4, "16qam", 20.0, generator=torch.Generator().manual_seed(2))
+    noisy = simulate(4000, 4, 4, "16qam", 20.0, generator=torch.Generator().manual_seed(2), csi_error_var=0.1)
+    assert exact.H_true is exact.H
+    assert torch.equal(noisy.H_true, exact.H) and torch.equal(noisy.y, exact.y) and torch.equal(noisy.bits, exact.bits)
+    _, error = real_to_complex(noisy.y, noisy.H - noisy.H_true, "16qam")
+    assert (error.abs() ** 2).mean().item() == pytest.approx(0.1, rel=0.05)
+    # the estimate costs a detector that trusts it: LMMSE's BER rises
+    ber = lambda b: (lmmse(b.y, b.H, b.noise_var, "16qam").bits != b.bits).float().mean()  # noqa: E731
+    assert ber(noisy) > 2 * ber(exact)
+
+
+@pytest.mark.parametrize("options,message", [({"correlation": 1.0}, "correlation"), ({"correlation": -0.1}, "correlation"),
+                                             ({"csi_error_var": -1.0}, "csi_error_var"),
+                                             ({"csi_error_var": float("nan")}, "csi_error_var")])
+def test_bad_channel_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        simulate(2, 2, 2, "qpsk", 10.0, **options)

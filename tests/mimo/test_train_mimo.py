@@ -57,9 +57,10 @@ def test_saves_a_loadable_pipeline_with_a_model_card_and_ber_table(trained):
     assert [r["step"] for r in log] == [2, 4] and all(r["loss"] > 0 for r in log)
 
 
-def test_recipe_options_reach_the_loss(tmp_path):
+def test_recipe_and_channel_options_reach_the_run(tmp_path):
     proc = train(tmp_path, "--max_train_steps", "2", "--prediction_type", "sample", "--loss_type", "mse",
-                 "--loss_space", "v", "--ep_iterations", "2", "--self_conditioning")
+                 "--loss_space", "v", "--ep_iterations", "2", "--self_conditioning", "--correlation", "0.5",
+                 "--csi_error_var", "0.05")
     assert "misaligned" in proc.stderr  # the library's warning for x-prediction with a v-loss
     from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
 
@@ -69,6 +70,7 @@ def test_recipe_options_reach_the_loss(tmp_path):
     assert config.self_conditioning and pipe.config.self_conditioning
     card = (tmp_path / "README.md").read_text()
     assert "| self_conditioning | True |" in card and "self-conditioned" in card
+    assert "| correlation | 0.5 |" in card and "correlation 0.5, CSI error variance 0.05" in card
 
 
 def test_push_to_hub_uploads_pipeline_and_card_but_no_checkpoints(session_hub, tmp_path):
@@ -84,7 +86,9 @@ def test_bad_options_are_refused(capsys):
     for options, message in ((("--prediction_type", "sample", "--loss_type", "bce"), "needs --prediction_type logits"),
                              (("--num_tx", "3"), "--num_rx must be at least"),
                              (("--ep_iterations", "-1"), "--ep_iterations must be at least 0"),
-                             (("--snr_db_min", "nan"), "must be finite")):
+                             (("--snr_db_min", "nan"), "must be finite"),
+                             (("--correlation", "1"), "--correlation must be in [0, 1)"),
+                             (("--csi_error_var", "-0.1"), "--csi_error_var must be a finite number >= 0")):
         with pytest.raises(SystemExit):
             script.parse_args(["--output_dir", "x", *TINY, *options])
         assert message in capsys.readouterr().err
