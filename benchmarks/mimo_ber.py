@@ -3,7 +3,9 @@
     python -m benchmarks.mimo_ber                 # full run: trains the models it lacks, then measures
     python -m benchmarks.mimo_ber --smoke         # seconds: tiny systems and models, a few thousand bits
 
-Systems: 4x4 QPSK (8 bits per channel use; exhaustive ML is the reference) and 16x16 QPSK (32 bits; K-best). Our
+Systems: 4x4 QPSK over i.i.d. and Kronecker-correlated (rho = 0.7) Rayleigh channels (8 bits per channel use;
+exhaustive ML is the reference), 8x8 16-QAM (32 bits) and 16x16 QPSK (32 bits; K-best). The classical detectors are
+Sionna's but EP (`diffusers_binflow.mimo.detectors`). Our
 models (BCE x-loss, MSE x-loss and the misaligned x-prediction + v-loss) are trained by
 `train_scripts/train_mimo.py` into --models_dir unless a trained one is already there; the commands are recorded.
 Ours is measured in two ways: one step (the denoiser's P(bit | y) at sigma = 1, thresholded) and as a list detector
@@ -59,7 +61,8 @@ def systems(smoke: bool) -> list[dict]:
     """What is measured: antennas, SNR grid, the classic detectors and our (recipe, steps, samples) settings."""
     if smoke:
         return [
-            dict(name="2x2 QPSK", num_tx=2, num_rx=2, modulation="qpsk", snr_db=[4.0, 12.0],
+            dict(name="2x2 QPSK, rho 0.5", num_tx=2, num_rx=2, modulation="qpsk", snr_db=[4.0, 12.0],
+                 channel={"correlation": 0.5},
                  classic=["zf", "lmmse", "ep", "ml", "kbest-4"], recipes=["bce", "mse"],
                  ours=[(1, 1, "mean"), (2, 4, "likelihood")],
                  train=["--max_train_steps", "3"]),
@@ -69,6 +72,14 @@ def systems(smoke: bool) -> list[dict]:
              classic=["zf", "lmmse", "ep", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"],
              ours=[(1, 1, "mean"), (4, 16, "likelihood")],
              train=["--train_batch_size", "256", "--max_train_steps", "2000"]),
+        dict(name="4x4 QPSK, rho 0.7", num_tx=4, num_rx=4, modulation="qpsk", channel={"correlation": 0.7},
+             snr_db=[8.0, 12.0, 16.0, 20.0, 24.0], classic=["lmmse", "ep", "ml", "kbest-16"], recipes=["bce", "mse"],
+             ours=[(1, 1, "mean"), (4, 16, "likelihood")],
+             train=["--train_batch_size", "256", "--max_train_steps", "2000", "--eval_snr_db", "12,16,20,24"]),
+        dict(name="8x8 16-QAM", num_tx=8, num_rx=8, modulation="16qam", snr_db=[12.0, 16.0, 20.0, 24.0, 28.0],
+             classic=["lmmse", "ep", "kbest-16", "kbest-64"], recipes=["bce"],
+             ours=[(1, 1, "mean"), (2, 4, "likelihood")],
+             train=["--train_batch_size", "128", "--max_train_steps", "1000", "--eval_snr_db", "16,24"]),
         dict(name="16x16 QPSK", num_tx=16, num_rx=16, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0],
              classic=["lmmse", "ep", "kbest-4", "kbest-16", "kbest-64"], recipes=["bce"],
              ours=[(1, 1, "mean"), (2, 4, "likelihood")],
@@ -85,10 +96,13 @@ def classic_detector(name: str, modulation):
 
 
 def train_model(system: dict, recipe: str, models_dir: Path, smoke: bool) -> dict:
-    """Train (unless already trained) and return the command, the model folder and its training summary."""
-    folder = models_dir / f"{system['num_tx']}x{system['num_rx']}-{recipe}"
+    """Train (unless already trained) on the system's channel and return the command, the model folder and its
+    training summary."""
+    slug = system["name"].lower().replace(",", "").replace(" ", "-")
+    folder = models_dir / f"{slug}-{recipe}"
+    channel = [f"--{option}={value}" for option, value in system.get("channel", {}).items()]
     command = [sys.executable, str(TRAIN_SCRIPT), "--output_dir", str(folder), "--num_tx", str(system["num_tx"]),
-               "--num_rx", str(system["num_rx"]), "--modulation", system["modulation"], *RECIPES[recipe],
+               "--num_rx", str(system["num_rx"]), "--modulation", system["modulation"], *channel, *RECIPES[recipe],
                *COMMON_TRAIN, *system["train"], *(SMOKE_TRAIN if smoke else [])]
     if not (folder / "training_summary.json").is_file():
         print("training:", shlex.join(command), flush=True)
@@ -125,6 +139,7 @@ def run(args, argv=None) -> dict:
         system["snr_db"] = args.snr_db or system["snr_db"]
         modulation = get_modulation(system["modulation"])
         entry = {k: system[k] for k in ("name", "num_tx", "num_rx", "modulation", "snr_db")}
+        entry["channel"] = system.get("channel", {})
         entry["num_bits"] = system["num_tx"] * modulation.bits_per_symbol
         entry["models"] = {recipe: train_model(system, recipe, Path(args.models_dir), args.smoke)
                            for recipe in system["recipes"]}
@@ -145,7 +160,7 @@ def run(args, argv=None) -> dict:
             for snr in system["snr_db"]:
                 measured = measure_ber(detect, system["num_tx"], system["num_rx"], modulation, snr,
                                        min_errors=args.min_errors, max_bits=args.max_bits, batch_size=args.batch_size,
-                                       max_seconds=args.max_seconds, seed=args.seed)
+                                       max_seconds=args.max_seconds, seed=args.seed, **entry["channel"])
                 entry["points"].append({"detector": name, "nfe": nfe, **measured.to_dict()})
                 print(f"{system['name']} {name} {snr:g} dB: BER {measured.ber:.3e} ({measured.bit_errors} errors / "
                       f"{measured.bits} bits, {measured.stopped_by})", flush=True)

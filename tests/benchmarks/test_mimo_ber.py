@@ -24,6 +24,8 @@ def test_smoke_json_has_every_detector_at_every_snr(smoke):
     assert {"command", "machine", "wall_seconds", "systems"} <= result.keys()
     assert result["command"].startswith("python -m benchmarks.mimo_ber --smoke")
     (system,) = result["systems"]
+    assert system["channel"] == {"correlation": 0.5}
+    assert all("--correlation=0.5" in model["command"] for model in system["models"].values())
     names = {p["detector"] for p in system["points"]}
     assert {"zf", "lmmse", "ep", "ml", "kbest-4"} <= names
     assert {f"ours-{r} (1 step)" for r in ("bce", "mse")} <= names  # two recipes: each model is a training run
