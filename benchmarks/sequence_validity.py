@@ -13,9 +13,11 @@ GPT-2 of the same size; all the same steps, batch, Adam
 learning-rate schedule (a 5% warm-up, then cosine decay to 0), data order and one CPU thread; they differ only in what
 a position carries:
 
-- ours (BCE): the bits of the token id (4 bits for 14 ids), per-bit logits, x-space cross-entropy, uniform sigma,
-  sampled with `BinaryFlowSequencePipeline` (Euler, `num_inference_steps` = NFE, threshold at the end);
-- ours (MSE): the same with x-prediction and x-space MSE;
+- ours (BCE): the bits of the token id (4 bits for 14 ids), the sequence script's recipe (`SEQUENCE_RECIPE`: per-bit
+  logits, x-space cross-entropy, logit(sigma) ~ N(0, 0.5)), sampled with `BinaryFlowSequencePipeline` (Euler,
+  `num_inference_steps` = NFE, threshold at the end);
+- ours (BCE, uniform sigma): the same under uniform sigma, the paper's recipe and this benchmark's earlier default;
+- ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
   the vocabulary out: D3PM uniform-state diffusion sampled with diffusers' `DiscreteDDIMScheduler` (NFE steps,
   temperature 1), masked (absorbing-state) diffusion with MDLM's loss and ancestral sampler (NFE steps), and an
@@ -35,6 +37,7 @@ import os
 import platform
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,15 +53,16 @@ from diffusers_binflow.sequences import (
     train_tokenizer,
     valid_fraction,
 )
-from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+from diffusers_binflow.training import SEQUENCE_RECIPE, flow_matching_loss
 
 from .reporting import command_line, pyplot, sample_or_failure, write_results
 from .sequence_peers import NUM_TRAIN_TIMESTEPS, build_peer, peer_loss, sample_peer
 from .training_loop import train_loop
 
 METHODS = {
-    "ours (BCE)": dict(kind="bits", prediction_type="logits", loss_type="bce"),
-    "ours (MSE)": dict(kind="bits", prediction_type="sample", loss_type="mse"),
+    "ours (BCE)": dict(kind="bits", recipe=SEQUENCE_RECIPE),
+    "ours (BCE, uniform sigma)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, timestep_sampling="uniform")),
+    "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),
     "autoregressive (GPT-2 config)": dict(kind="autoregressive"),
@@ -69,8 +73,7 @@ def method_loss(method: dict, vocab_size: int):
     """The loss of `train_loop` for `method`: the library's loss on the bits of the token ids, or the baseline's."""
     if method["kind"] != "bits":
         return lambda model, batch, generator: peer_loss(method["kind"], model, batch, vocab_size, generator)
-    config = FlowLossConfig(prediction_type=method["prediction_type"], loss_type=method["loss_type"],
-                            timestep_sampling="uniform", num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+    config = replace(method["recipe"], num_train_timesteps=NUM_TRAIN_TIMESTEPS)
     return lambda model, batch, generator: flow_matching_loss(model, model.codec.encode(batch), config,
                                                               generator=generator).loss
 
@@ -135,7 +138,7 @@ def generate(method: dict, model, tokenizer, n: int, length: int, nfe: int, gene
         keep = None if known is None else ~to_generate
         ids = sample_peer(method["kind"], model, n, length, len(tokenizer), nfe, generator, known, keep)
         return ids_to_texts(tokenizer, ids)  # as the pipeline decodes: unk stays visible
-    scheduler = BinaryFlowMatchScheduler(prediction_type=method["prediction_type"])
+    scheduler = BinaryFlowMatchScheduler(prediction_type=method["recipe"].prediction_type)
     pipe = BinaryFlowSequencePipeline(denoiser=model, scheduler=scheduler, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     conditioning = {} if known is None else {"input_ids": known, "infill_mask": to_generate.long()}
@@ -185,7 +188,7 @@ def main(argv=None):
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--sample_batch_size", type=int, default=500)
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
-                        help="Default: every method but ours (MSE); --smoke runs all.")
+                        help="Default: every method but the two other recipes of ours; --smoke runs all.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output_dir", default="benchmarks/results")
@@ -203,7 +206,7 @@ def main(argv=None):
         args.max_operand, args.steps, args.batch_size, args.hidden_size, args.num_layers = 9, 4, 16, 32, 1
         args.num_heads, args.nfe, args.num_samples, args.sample_batch_size = 2, [1, 4], 20, 20
     if args.methods is None:
-        args.methods = [name for name in METHODS if args.smoke or name != "ours (MSE)"]
+        args.methods = [name for name in METHODS if args.smoke or not name.startswith("ours (") or name == "ours (BCE)"]
     torch.set_num_threads(args.threads)
 
     task = get_task(args.task, **{"arithmetic": {"max_operand": args.max_operand},

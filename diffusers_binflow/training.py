@@ -25,8 +25,9 @@ class FlowLossConfig:
     The defaults are the plain aligned recipe for any denoiser: an x-prediction trained with the x-space MSE, sigma
     drawn logit-normally with logit(sigma) ~ N(0.8, 0.8) (JiT's tilt towards noise; in the paper's t = 1 - sigma,
     logit(t) ~ N(-0.8, 0.8)), no weighting; on binarized digits it matched the JiT recipe and beat the paper's
-    uniform sigma by far. The scripts' defaults depend on the data: `IMAGE_RECIPE` for images, logits with
-    cross-entropy under uniform sigma for symbols (BENCHMARKS.md, "The default recipe").
+    uniform sigma by far. The scripts' defaults depend on the data: `IMAGE_RECIPE` for images, `SEQUENCE_RECIPE` for
+    token sequences, logits with cross-entropy under uniform sigma for MIMO bits (BENCHMARKS.md, "The default
+    recipe").
     `weighting_max` multiplies each sample's loss by ``min(sigma**-2, weighting_max)`` (`inverse_square_weight`);
     `uniform_fraction` draws that share of the sigmas uniformly instead (`sample_sigmas`), to train the data end.
     `likelihood_cap` caps the likelihood term of a `"likelihood_residual"` output (`flow.likelihood_logits`) in
@@ -60,9 +61,14 @@ class FlowLossConfig:
 # What the image script trains and samples by default, chosen on binarized digits (BENCHMARKS.md, "The default
 # recipe"): a likelihood-residual output trained with cross-entropy under the logit-normal sigma, sampled with the
 # likelihood term capped at 2 nats (`BinaryFlowMatchScheduler(likelihood_cap=...)`) so that the network can veto the
-# isolated pixels a sampler leaves behind. Symbols (sequences, MIMO) default to logits + cross-entropy, uniform sigma.
+# isolated pixels a sampler leaves behind.
 IMAGE_RECIPE = FlowLossConfig(prediction_type="likelihood_residual", loss_type="bce")
 IMAGE_SAMPLING_LIKELIHOOD_CAP = 2.0
+# What the sequence script trains by default, chosen on a+b=c (BENCHMARKS.md, "Sequences"): per-bit logits with the
+# cross-entropy, sigma drawn logit-normally around 0.5, logit(sigma) ~ N(0, 0.5). That is where a token's bits are
+# decided from the other positions; uniform sigma spends most of each batch where the answer is already fixed or
+# still pure noise, and its valid fraction stayed near 0.3.
+SEQUENCE_RECIPE = FlowLossConfig(prediction_type="logits", loss_type="bce", logit_mean=0.0, logit_std=0.5)
 
 RECIPE_OPTIONS = ("prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean", "logit_std",
                   "uniform_fraction", "v_clamp", "weighting_max", "bit_scale", "likelihood_cap",

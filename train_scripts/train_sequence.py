@@ -6,8 +6,9 @@
 
 Each token id becomes a fixed-width bit code (see `diffusers_binflow.sequences.codec`) and every position's bits
 are generated jointly by a `transformers` encoder. Sequences are right-padded with the tokenizer's pad token to
---max_length, so the model also generates where a sequence ends. The defaults are the paper's aligned recipe for
-independent bits: per-bit logits with the x-space cross-entropy, sigma uniform in (0, 1] (sigma = 1 is noise).
+--max_length, so the model also generates where a sequence ends. The default recipe is `SEQUENCE_RECIPE`: per-bit
+logits with the x-space cross-entropy (the paper's aligned loss for independent bits), sigma drawn with
+logit(sigma) ~ N(0, 0.5) (sigma = 1 is noise), where tokens are decided.
 The result is a `BinaryFlowSequencePipeline` saved in --output_dir.
 """
 
@@ -16,6 +17,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,6 +44,7 @@ from diffusers_binflow.sequences import (
 )
 from diffusers_binflow.training import (
     RECIPE_OPTIONS,
+    SEQUENCE_RECIPE,
     FlowLossConfig,
     add_recipe_arguments,
     flow_matching_loss,
@@ -70,8 +73,8 @@ RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "max_length", *RE
                   "pretrained_model_name_or_path")
 # The training options a model card reports.
 CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code", "max_length",
-                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction",
-                 "likelihood_cap", "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema",
+                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean", "logit_std",
+                 "uniform_fraction", "likelihood_cap", "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema",
                  "seed", "sampling_likelihood_cap", "num_inference_steps")
 
 
@@ -96,9 +99,8 @@ def parse_args(argv=None):
     model.add_argument("--bit_code", default="binary", choices=BIT_CODES)
     model.add_argument("--pretrained_model_name_or_path",
                        help="Fine-tune a saved BinaryFlowSequencePipeline (folder or Hub id); its tokenizer is used.")
-    # Cross-entropy on per-bit logits under uniform sigma: what benchmarks/sequence_validity.py measured.
-    add_recipe_arguments(model, prediction_types=X_PREDICTION_TYPES + ("velocity",), prediction_type="logits",
-                         loss_type="bce", timestep_sampling="uniform")
+    # Cross-entropy on per-bit logits, sigma around 0.5: what benchmarks/sequence_validity.py measured best.
+    add_recipe_arguments(model, prediction_types=X_PREDICTION_TYPES + ("velocity",), **asdict(SEQUENCE_RECIPE))
 
     # lr 3e-3 with the cosine decay: what the small encoders learned fastest with (docs/sequences.md)
     add_optimisation_arguments(parser, train_batch_size=128, learning_rate=3e-3)
