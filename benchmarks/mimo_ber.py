@@ -75,7 +75,7 @@ def systems(smoke: bool) -> list[dict]:
         dict(name="4x4 QPSK, rho 0.7", num_tx=4, num_rx=4, modulation="qpsk", channel={"correlation": 0.7},
              snr_db=[8.0, 12.0, 16.0, 20.0, 24.0], classic=["lmmse", "ep", "ml", "kbest-16"], recipes=["bce", "mse"],
              ours=[(1, 1, "mean"), (4, 16, "likelihood")],
-             train=["--train_batch_size", "256", "--max_train_steps", "2000", "--eval_snr_db", "12,16,20,24"]),
+             train=["--train_batch_size", "256", "--max_train_steps", "10000", "--eval_snr_db", "16,20"]),
         dict(name="8x8 16-QAM", num_tx=8, num_rx=8, modulation="16qam", snr_db=[12.0, 16.0, 20.0, 24.0, 28.0],
              classic=["lmmse", "ep", "kbest-16", "kbest-64"], recipes=["bce"],
              ours=[(1, 1, "mean"), (2, 4, "likelihood")],
