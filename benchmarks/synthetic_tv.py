@@ -41,7 +41,7 @@ from diffusers_binflow.metrics.distribution import (
     validity_rate,
 )
 from diffusers_binflow.synthetic import IsingModel, LinearCode, ProductBernoulliMixture
-from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
+from diffusers_binflow.training import SEQUENCE_RECIPE, FlowLossConfig, flow_matching_loss
 
 from .alignment_toy import BitTransformer, GatedMLP, generate
 from .discrete_peers import input_channels, peer_loss, sample_peer
@@ -53,6 +53,7 @@ RECIPES = {
     "default (x-MSE, logit-normal)": FlowLossConfig(),
     "x-MSE, uniform": FlowLossConfig(timestep_sampling="uniform"),
     "x-BCE, uniform": FlowLossConfig(prediction_type="logits", loss_type="bce", timestep_sampling="uniform"),
+    "x-BCE, logit-normal(0, 0.5)": SEQUENCE_RECIPE,  # the sequence script's default
 }
 # The discrete peers (`discrete_peers`), same network and budget: name -> family.
 PEERS = {

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.utils import BaseOutput
-from sionna.phy.channel import KroneckerModel, exp_corr_mat
 
 from ..bits import bits_to_signal
 
@@ -204,6 +203,9 @@ def simulate(
 def correlate(H: torch.Tensor, rho: float) -> torch.Tensor:
     """Sionna's Kronecker model with exponential correlation ``rho^|i - j|`` at both ends, applied to i.i.d. complex
     ``H (B, num_rx, num_tx)``; each entry keeps ``E|h_ij|^2 = 1``."""
+    # Imported here: Sionna takes a second to import, and only correlated channels need it.
+    from sionna.phy.channel import KroneckerModel, exp_corr_mat
+
     num_rx, num_tx = H.shape[-2:]
     where = dict(precision="double" if H.dtype == torch.complex128 else "single", device=str(H.device))
     model = KroneckerModel(exp_corr_mat(rho, num_tx, **where), exp_corr_mat(rho, num_rx, **where), **where)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.utils import BaseOutput
-from sionna.phy.mimo import KBestDetector, LinearDetector, MaximumLikelihoodDetector
 
 from .channel import Modulation, check_channel_inputs, get_modulation
 from .sionna_bridge import llrs_from_sionna, noise_covariance, real_to_complex, sionna_modulation
@@ -71,6 +70,9 @@ def sionna_detector(name: str, num_tx: int, modulation: str, precision: str, dev
     """The Sionna detector `name` ("zf", "lmmse", "ml", "kbest") with bit outputs, for `num_tx` streams of
     `modulation`; `option` is K-best's K. Built once per setting (ML enumerates its candidates
     on construction)."""
+    # Imported here: Sionna takes a second to import, and a flow model's pipeline never needs it.
+    from sionna.phy.mimo import KBestDetector, LinearDetector, MaximumLikelihoodDetector
+
     constellation, bits = sionna_modulation(modulation)
     where = dict(precision=precision, device=device)
     if name in ("zf", "lmmse"):
