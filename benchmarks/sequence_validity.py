@@ -17,6 +17,8 @@ a position carries:
   logits, x-space cross-entropy, logit(sigma) ~ N(0, 0.5)), sampled with `BinaryFlowSequencePipeline` (Euler,
   `num_inference_steps` = NFE, threshold at the end);
 - ours (BCE, uniform sigma): the same under uniform sigma, the paper's recipe and this benchmark's earlier default;
+- ours (BCE, known tokens): the same with a `known_conditioning` denoiser, trained to read given tokens exactly
+  (half the batches give each sequence's positions with a random rate, `sample_known_mask`), which infilling uses;
 - ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
   the vocabulary out: D3PM uniform-state diffusion sampled with diffusers' `DiscreteDDIMScheduler` (NFE steps,
@@ -43,12 +45,14 @@ from pathlib import Path
 import torch
 
 from diffusers_binflow import BinaryFlowMatchScheduler
+from diffusers_binflow.bits import bits_to_signal
 from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
 from diffusers_binflow.sequences.codec import ids_to_texts
 from diffusers_binflow.sequences import (
     SEQUENCE_TASKS,
     BitSequenceTransformer,
     get_task,
+    sample_known_mask,
     tokenize_to_length,
     train_tokenizer,
     valid_fraction,
@@ -62,6 +66,7 @@ from .training_loop import train_loop
 METHODS = {
     "ours (BCE)": dict(kind="bits", recipe=SEQUENCE_RECIPE),
     "ours (BCE, uniform sigma)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, timestep_sampling="uniform")),
+    "ours (BCE, known tokens)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5),
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),
@@ -74,8 +79,15 @@ def method_loss(method: dict, vocab_size: int):
     if method["kind"] != "bits":
         return lambda model, batch, generator: peer_loss(method["kind"], model, batch, vocab_size, generator)
     config = replace(method["recipe"], num_train_timesteps=NUM_TRAIN_TIMESTEPS)
-    return lambda model, batch, generator: flow_matching_loss(model, model.codec.encode(batch), config,
-                                                              generator=generator).loss
+
+    def loss(model, batch, generator):
+        bits, given = model.codec.encode(batch), {}
+        if "known_probability" in method:
+            given = {"known_signal": bits_to_signal(bits, config.bit_scale),
+                     "known_mask": sample_known_mask(*batch.shape, method["known_probability"], generator)}
+        return flow_matching_loss(model, bits, config, generator=generator, model_kwargs=given).loss
+
+    return loss
 
 
 def train(method: dict, token_ids: torch.Tensor, vocab_size: int, length: int, args):
@@ -166,7 +178,8 @@ def infill_prompts(task, texts: list[str], tokenizer, length: int, seed: int) ->
 def build_model(method: dict, vocab_size: int, length: int, args):
     size = dict(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads)
     if method["kind"] == "bits":
-        return BitSequenceTransformer(vocab_size=vocab_size, max_length=length, **size)
+        return BitSequenceTransformer(vocab_size=vocab_size, max_length=length,
+                                      known_conditioning="known_probability" in method, **size)
     return build_peer(method["kind"], vocab_size, length, **size)
 
 

@@ -206,11 +206,14 @@ class BinaryFlowSequencePipeline(StepEndCallbackMixin, SelfConditioningMixin, Bi
         scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(scheduler.timesteps)
         x0 = None  # the estimate of the clean signal, which a self-conditioned denoiser sees at the next step
+        # A denoiser trained with known tokens reads them exactly at every step; any other sees them on the path.
+        given = {} if known is None or not self.denoiser.config.get("known_conditioning", False) else \
+            {"known_signal": known, "known_mask": keep[..., 0]}
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             if self.interrupt:
                 continue
             model_output = self.denoiser(self.denoiser_input(latents, x0), t.expand(batch_size).to(dtype),
-                                         return_dict=False)[0]
+                                         return_dict=False, **given)[0]
             latents, x0 = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)
             if known is not None:
                 latents = reimpose_known(latents, known, keep, scheduler.sigmas[i + 1], generator)

@@ -4,7 +4,10 @@ Each position carries the noisy signal of its token's bits, shape (B, L, num_bit
 vocabulary size (see `TokenBitCodec`). A linear layer lifts it to the encoder's width, the embedding of the model
 timestep ``sigma * num_train_timesteps`` is added at every position, a `transformers` encoder (BERT by default,
 built from a config: nothing is downloaded) mixes the positions with full attention, and a linear layer returns one
-value per bit: per-bit logits or ``x_hat``, as the scheduler's `prediction_type` reads them.
+value per bit: per-bit logits or ``x_hat``, as the scheduler's `prediction_type` reads them. A model built with
+`known_conditioning` also reads given tokens exactly: where ``known_mask`` is true a position carries the clean signal
+of its token instead of the noisy one, with a flag feature saying so (how masked diffusion conditions: the prompt is
+seen at every sigma, not only through noise); it learns that from `sample_known_mask`.
 """
 
 import inspect
@@ -88,6 +91,7 @@ class BitSequenceTransformer(ModelMixin, ConfigMixin):
         backbone_kwargs (`dict`, *optional*): Further options of the encoder's config.
         self_conditioning (`bool`): Take ``self_conditioned_input(x_sigma, x_hat_prev)``, (B, L, 2 * num_bits): the
             noisy bits and the previous estimate (self-conditioning, Bit Diffusion).
+        known_conditioning (`bool`): Accept ``known_signal`` and ``known_mask`` (see `forward`).
     """
 
     # The encoder's layers take diffusers' `enable_gradient_checkpointing` (transformers'
@@ -108,11 +112,12 @@ class BitSequenceTransformer(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         backbone_kwargs: dict | None = None,
         self_conditioning: bool = False,
+        known_conditioning: bool = False,
     ):
         super().__init__()
         self.codec = TokenBitCodec(vocab_size, bit_code)
         self.in_features = self.codec.num_bits * (2 if self_conditioning else 1)
-        self.proj_in = nn.Linear(self.in_features, hidden_size)
+        self.proj_in = nn.Linear(self.in_features + known_conditioning, hidden_size)
         self.backbone = SequenceBackbone(backbone_type, hidden_size, num_layers, num_heads, intermediate_size,
                                          max_length, dropout, backbone_kwargs)
         self.proj_out = nn.Linear(hidden_size, self.codec.num_bits)
@@ -124,12 +129,17 @@ class BitSequenceTransformer(ModelMixin, ConfigMixin):
     def num_bits(self) -> int:
         return self.codec.num_bits
 
-    def forward(self, sample: torch.Tensor, timestep, return_dict: bool = True):
+    def forward(self, sample: torch.Tensor, timestep, known_signal: torch.Tensor | None = None,
+                known_mask: torch.Tensor | None = None, return_dict: bool = True):
         """
         Args:
             sample (`torch.Tensor` of shape (B, L, num_bits)): The noisy signal ``x_sigma``, L <= `max_length`; with
                 `self_conditioning`, (B, L, 2 * num_bits), from `self_conditioned_input`.
             timestep (`float` or `torch.Tensor` of shape () or (B,)): ``sigma * num_train_timesteps``.
+            known_signal (`torch.Tensor` of shape (B, L, num_bits), *optional*): The clean signal ``x`` of the
+                given tokens (`known_conditioning` models only).
+            known_mask (`torch.Tensor` of shape (B, L), *optional*): True where the token is given: there the model
+                reads `known_signal` instead of ``x_sigma``.
         """
         if sample.ndim != 3 or sample.shape[-1] != self.in_features:
             raise ValueError(f"`sample` must have shape (batch, length, {self.in_features}), got {tuple(sample.shape)}"
@@ -138,12 +148,44 @@ class BitSequenceTransformer(ModelMixin, ConfigMixin):
         if sample.shape[1] > self.config.max_length:
             raise ValueError(f"Sequences of {sample.shape[1]} positions are longer than the model's maximum "
                              f"{self.config.max_length}.")
+        if self.config.known_conditioning:
+            sample = with_known_tokens(sample, known_signal, known_mask, self.codec.num_bits)
+        elif known_mask is not None:
+            raise ValueError("This denoiser was not built with `known_conditioning`: it reads given tokens only "
+                             "through the noisy state (the pipeline re-imposes them on the path).")
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=sample.dtype).flatten()
         hidden = self.backbone(self.proj_in(sample), timestep.expand(sample.shape[0]))
         output = self.proj_out(hidden)
         if not return_dict:
             return (output,)
         return BitSequenceTransformerOutput(sample=output)
+
+
+def with_known_tokens(sample: torch.Tensor, known_signal: torch.Tensor | None, known_mask: torch.Tensor | None,
+                      num_bits: int) -> torch.Tensor:
+    """The input of a `known_conditioning` model: `sample` with its first `num_bits` features (the state) replaced
+    by `known_signal` where `known_mask` is true, and that mask appended as one more feature (B, L, F + 1). No mask:
+    nothing is known."""
+    if known_mask is None:
+        return torch.cat([sample, sample.new_zeros(sample.shape[:-1] + (1,))], -1)
+    if known_signal is None or known_signal.shape != sample.shape[:-1] + (num_bits,) \
+            or known_mask.shape != sample.shape[:-1]:
+        raise ValueError(f"`known_signal` must have shape {tuple(sample.shape[:-1]) + (num_bits,)} and `known_mask` "
+                         f"{tuple(sample.shape[:-1])}; got {None if known_signal is None else tuple(known_signal.shape)}"
+                         f" and {tuple(known_mask.shape)}.")
+    mask = known_mask.to(torch.bool)[..., None]
+    state = torch.where(mask, known_signal.to(sample.dtype), sample[..., :num_bits])
+    return torch.cat([state, sample[..., num_bits:], mask.to(sample.dtype)], -1)
+
+
+def sample_known_mask(batch_size: int, length: int, probability: float, generator: torch.Generator | None = None,
+                      device=None) -> torch.Tensor:
+    """Which tokens a `known_conditioning` model is given in training, (B, L) bool: with `probability` a sequence
+    keeps each position with its own rate ``r ~ U(0, 1)`` (prefixes, infills and scattered cells are all among
+    these), otherwise none. Drawn from `generator`."""
+    has_known = torch.rand(batch_size, 1, generator=generator, device=device) < probability
+    rate = torch.rand(batch_size, 1, generator=generator, device=device)
+    return has_known & (torch.rand(batch_size, length, generator=generator, device=device) < rate)
 
 
 # Encoder sizes: `tiny` trains on one CPU thread in minutes, `small` and `base` want a GPU.
