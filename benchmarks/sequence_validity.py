@@ -18,7 +18,8 @@ a position carries:
   `num_inference_steps` = NFE, threshold at the end);
 - ours (BCE, uniform sigma): the same under uniform sigma, the paper's recipe and this benchmark's earlier default;
 - ours (BCE, known tokens): the same with a `known_conditioning` denoiser, trained to read given tokens exactly
-  (half the batches give each sequence's positions with a random rate, `sample_known_mask`), which infilling uses;
+  (half the sequences are given their positions at a random rate, `sample_known_mask`), which infilling uses: the
+  sequence script's default;
 - ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
   the vocabulary out: D3PM uniform-state diffusion sampled with diffusers' `DiscreteDDIMScheduler` (NFE steps,
@@ -201,7 +202,7 @@ def main(argv=None):
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--sample_batch_size", type=int, default=500)
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
-                        help="Default: every method but the two other recipes of ours; --smoke runs all.")
+                        help="Default: ours (BCE), ours (BCE, known tokens) and the peers; --smoke runs all.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output_dir", default="benchmarks/results")
@@ -219,7 +220,8 @@ def main(argv=None):
         args.max_operand, args.steps, args.batch_size, args.hidden_size, args.num_layers = 9, 4, 16, 32, 1
         args.num_heads, args.nfe, args.num_samples, args.sample_batch_size = 2, [1, 4], 20, 20
     if args.methods is None:
-        args.methods = [name for name in METHODS if args.smoke or not name.startswith("ours (") or name == "ours (BCE)"]
+        args.methods = [name for name in METHODS if args.smoke or not name.startswith("ours (")
+                        or name in ("ours (BCE)", "ours (BCE, known tokens)")]
     torch.set_num_threads(args.threads)
 
     task = get_task(args.task, **{"arithmetic": {"max_operand": args.max_operand},

@@ -26,6 +26,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from diffusers_binflow.bits import bits_to_signal
 from diffusers_binflow.checkpoints import register_checkpoint_hooks, resume_position
 from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.flow import X_PREDICTION_TYPES
@@ -37,6 +38,7 @@ from diffusers_binflow.sequences import (
     TOKENIZER_KINDS,
     BitSequenceTransformer,
     build_sequence_model,
+    sample_known_mask,
     get_task,
     tokenize_to_length,
     train_tokenizer,
@@ -67,15 +69,16 @@ from diffusers_binflow.training_runs import (
 logger = logging.getLogger(__name__)
 SCRIPT = "train_sequence"
 # Options a resumed run must share with the run that wrote the checkpoint.
-RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "max_length", *RECIPE_OPTIONS, "seed",
-                  "train_batch_size", "gradient_accumulation_steps", "learning_rate", "use_ema", "task",
+RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "known_probability", "max_length", *RECIPE_OPTIONS,
+                  "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "use_ema", "task",
                   "max_operand", "train_file", "tokenizer_name_or_path", "tokenizer_type", "tokenizer_vocab_size",
                   "pretrained_model_name_or_path")
 # The training options a model card reports.
-CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code", "max_length",
-                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean", "logit_std",
-                 "uniform_fraction", "likelihood_cap", "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema",
-                 "seed", "sampling_likelihood_cap", "num_inference_steps")
+CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code",
+                 "known_probability", "max_length", "prediction_type", "loss_space", "loss_type", "timestep_sampling",
+                 "logit_mean", "logit_std", "uniform_fraction", "likelihood_cap", "bit_scale", "self_conditioning",
+                 "train_batch_size", "learning_rate", "use_ema", "seed", "sampling_likelihood_cap",
+                 "num_inference_steps")
 
 
 def parse_args(argv=None):
@@ -97,6 +100,10 @@ def parse_args(argv=None):
                        help="tiny | small | base | path to a JSON file of BitSequenceTransformer arguments.")
     model.add_argument("--backbone_type", default="bert", help="A transformers model type, e.g. bert, modernbert.")
     model.add_argument("--bit_code", default="binary", choices=BIT_CODES)
+    model.add_argument("--known_probability", type=float, default=0.5,
+                       help="Share of training sequences given part of their tokens exactly (each position with a "
+                            "random rate), so that the denoiser reads prompts and infills at every step "
+                            "(`known_conditioning`); 0: a denoiser without that input.")
     model.add_argument("--pretrained_model_name_or_path",
                        help="Fine-tune a saved BinaryFlowSequencePipeline (folder or Hub id); its tokenizer is used.")
     # Cross-entropy on per-bit logits, sigma around 0.5: what benchmarks/sequence_validity.py measured best.
@@ -120,6 +127,8 @@ def parse_args(argv=None):
         parser.error("--tokenizer_type bpe needs --tokenizer_vocab_size.")
     if args.max_length is not None and args.max_length < 1:
         parser.error(f"--max_length must be at least 1, got {args.max_length}.")
+    if not 0 <= args.known_probability <= 1:
+        parser.error(f"--known_probability must be in [0, 1], got {args.known_probability}.")
     return args
 
 
@@ -157,6 +166,10 @@ def main(args):
         if trained_as != (args.prediction_type, args.bit_scale):
             raise SystemExit(f"The pretrained model predicts {trained_as[0]!r} at bit_scale {trained_as[1]}: pass "
                              f"--prediction_type {trained_as[0]} --bit_scale {trained_as[1]}.")
+        if base.denoiser.config.known_conditioning != (args.known_probability > 0):
+            raise SystemExit("The pretrained model " + ("reads given tokens: pass --known_probability > 0." if
+                             base.denoiser.config.known_conditioning else
+                             "does not read given tokens: pass --known_probability 0."))
         if base.self_conditioning != args.self_conditioning:
             raise SystemExit("The pretrained model is " + ("self-conditioned: pass --self_conditioning." if
                              base.self_conditioning else "not self-conditioned: drop --self_conditioning."))
@@ -174,7 +187,8 @@ def main(args):
     max_length = token_ids.shape[1]
     if not args.pretrained_model_name_or_path:
         denoiser = build_sequence_model(args.model_config, len(tokenizer), max_length, bit_code=args.bit_code,
-                                        backbone_type=args.backbone_type, self_conditioning=args.self_conditioning)
+                                        backbone_type=args.backbone_type, self_conditioning=args.self_conditioning,
+                                        known_conditioning=args.known_probability > 0)
     codec = denoiser.codec
     noise_scheduler = noise_scheduler_from_args(args)
     BinaryFlowSequencePipeline(denoiser, noise_scheduler, tokenizer)  # refuses a tokenizer the model cannot code
@@ -225,7 +239,12 @@ def main(args):
             # Every micro-batch draws its sigmas and noise from its own seed: resumption is exact.
             generator = micro_batch_generator(accelerator, args.seed, epoch * len(loader) + batch_index)
             with accelerator.accumulate(denoiser):
-                out = flow_matching_loss(denoiser, codec.encode(batch["token_ids"]), loss_config, generator=generator)
+                bits, given = codec.encode(batch["token_ids"]), {}
+                if args.known_probability > 0:
+                    given = {"known_signal": bits_to_signal(bits, args.bit_scale),
+                             "known_mask": sample_known_mask(*bits.shape[:2], args.known_probability, generator,
+                                                             bits.device)}
+                out = flow_matching_loss(denoiser, bits, loss_config, generator=generator, model_kwargs=given)
                 accelerator.backward(out.loss)
                 grad_norm = None
                 if accelerator.sync_gradients:

@@ -6,8 +6,8 @@ features, and decisions over a list of candidates (K-best's, or a flow model's p
 benchmarks/mimo_crosscheck.py (at commit af701eb, before this package's own versions were removed) measured
 Sionna's detectors against ours on the same channel uses: identical hard decisions for ZF, LMMSE, ML (max-log) and
 K-best, and EP within its error bars when configured alike. Sionna 2.2's `EPDetector` is not used: it computes in
-the detector's precision and in single precision its decisions break down at high SNR (wrong bits on a noiseless
-channel from about 60 dB: tests/mimo/test_detectors.py), and it starts from an unbiased estimate of the symbol
+the detector's precision and in single precision its decisions break down at high SNR (wrong bits on an all but
+noiseless 4x4 QPSK channel at 80 dB: tests/mimo/test_detectors.py), and it starts from an unbiased estimate of the symbol
 energy (1 for QPSK instead of 1/2); this package's EP iterates in double precision.
 
 Every detector is called as ``detector(y, H, noise_var, modulation) -> DetectionOutput`` with ``y (B, 2 num_rx)``,
@@ -68,8 +68,7 @@ def _real_noise_var(noise_var, y, H):
 @functools.lru_cache(maxsize=64)
 def sionna_detector(name: str, num_tx: int, modulation: str, precision: str, device: str, option: int | None = None):
     """The Sionna detector `name` ("zf", "lmmse", "ml", "kbest") with bit outputs, for `num_tx` streams of
-    `modulation`; `option` is K-best's K. Built once per setting (ML enumerates its candidates
-    on construction)."""
+    `modulation`; `option` is K-best's K. Built once per setting (ML enumerates its candidates on construction)."""
     # Imported here: Sionna takes a second to import, and a flow model's pipeline never needs it.
     from sionna.phy.mimo import KBestDetector, LinearDetector, MaximumLikelihoodDetector
 

@@ -1,9 +1,10 @@
-"""The transformers-backed bit-sequence denoiser: shapes, refusals, save/load and training through the shared loss."""
+"""The transformers-backed bit-sequence denoiser: shapes, refusals, save/load, given tokens and training through the
+shared loss."""
 
 import pytest
 import torch
 
-from diffusers_binflow.sequences import BitSequenceTransformer
+from diffusers_binflow.sequences import BitSequenceTransformer, sample_known_mask
 from diffusers_binflow.training import FlowLossConfig, flow_matching_loss
 
 TINY = dict(vocab_size=14, max_length=10, hidden_size=32, num_layers=1, num_heads=2)
@@ -59,3 +60,56 @@ def test_other_transformers_encoders_plug_in_by_model_type():
     assert type(model.backbone.encoder).__name__ == "ModernBertModel"
     assert model.backbone.encoder.config.mlp_dropout == 0.1
     assert model(torch.randn(2, 10, 4), 10.0).sample.shape == (2, 10, 4)
+
+
+def test_a_known_conditioning_model_reads_given_tokens_exactly_instead_of_their_noisy_state():
+    torch.manual_seed(0)
+    model = BitSequenceTransformer(**TINY, known_conditioning=True).eval()
+    torch.nn.init.normal_(model.proj_out.weight)
+    sample, t = torch.randn(2, 6, 4), torch.tensor([700.0, 300.0])
+    signal = torch.randn(2, 6, 4).sign()
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, :3] = True
+    given = model(sample, t, known_signal=signal, known_mask=mask).sample
+    other_state = sample.clone()
+    other_state[:, :3] += 5.0  # the noisy state where tokens are given does not matter
+    assert torch.equal(model(other_state, t, known_signal=signal, known_mask=mask).sample, given)
+    other_signal = signal.clone()
+    other_signal[:, 0] *= -1  # the given tokens do, everywhere
+    assert not torch.allclose(model(sample, t, known_signal=other_signal, known_mask=mask).sample[:, 4:], given[:, 4:])
+    # nothing given: the flag is 0, the same as an all-false mask
+    assert torch.equal(model(sample, t).sample, model(sample, t, known_signal=signal,
+                                                      known_mask=torch.zeros_like(mask)).sample)
+
+
+def test_known_tokens_are_refused_by_a_plain_model_and_in_the_wrong_shape():
+    with pytest.raises(ValueError, match="not built with `known_conditioning`"):
+        BitSequenceTransformer(**TINY)(torch.randn(1, 5, 4), 1.0, known_signal=torch.ones(1, 5, 4),
+                                       known_mask=torch.ones(1, 5, dtype=torch.bool))
+    model = BitSequenceTransformer(**TINY, known_conditioning=True)
+    with pytest.raises(ValueError, match=r"`known_signal` must have shape \(1, 5, 4\)"):
+        model(torch.randn(1, 5, 4), 1.0, known_signal=torch.ones(1, 5, 3), known_mask=torch.ones(1, 5))
+
+
+def test_known_masks_for_training_give_a_share_of_sequences_scattered_known_tokens():
+    mask = sample_known_mask(4000, 12, 0.5, torch.Generator().manual_seed(0))
+    assert mask.dtype == torch.bool and mask.shape == (4000, 12)
+    # half the sequences draw a rate r ~ U(0, 1); of those, a share E[1 - (1 - r)^12] = 12/13 keeps some token
+    assert mask.any(1).float().mean().item() == pytest.approx(0.5 * 12 / 13, abs=0.02)
+    rates = mask.float().mean(1)[mask.any(1)]
+    assert rates.min() < 0.15 and rates.max() > 0.85, "the rate varies from sequence to sequence"
+    assert not sample_known_mask(100, 12, 0.0).any()
+    assert torch.equal(sample_known_mask(8, 5, 0.5, torch.Generator().manual_seed(1)),
+                       sample_known_mask(8, 5, 0.5, torch.Generator().manual_seed(1)))
+
+
+def test_a_known_conditioning_model_trains_through_the_shared_loss():
+    torch.manual_seed(0)
+    model = BitSequenceTransformer(**TINY, known_conditioning=True, self_conditioning=True)
+    bits = (torch.rand(8, 10, 4) < 0.5).float()
+    config = FlowLossConfig(prediction_type="logits", loss_type="bce", self_conditioning=True,
+                            self_conditioning_probability=1.0)
+    given = {"known_signal": 2 * bits - 1, "known_mask": sample_known_mask(8, 10, 1.0, torch.Generator())}
+    flow_matching_loss(model, bits, config, generator=torch.Generator().manual_seed(0),
+                       model_kwargs=given).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

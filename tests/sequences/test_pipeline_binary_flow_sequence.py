@@ -25,11 +25,13 @@ def tokenizer():
     return train_tokenizer(TASK.texts("all"), "char")  # 14 tokens: [PAD], [UNK], +, =, 0-9 -> 4 bits
 
 
-def make_pipeline(tokenizer, bias=None, stochastic=False, vocab_size=None, self_conditioning=False):
+def make_pipeline(tokenizer, bias=None, stochastic=False, vocab_size=None, self_conditioning=False,
+                  known_conditioning=False):
     """A tiny pipeline whose output layer is random (or a constant `bias`), so samples depend on the noise."""
     torch.manual_seed(0)
     denoiser = BitSequenceTransformer(vocab_size=vocab_size or len(tokenizer), max_length=8, hidden_size=32,
-                                      num_layers=1, num_heads=2, self_conditioning=self_conditioning)
+                                      num_layers=1, num_heads=2, self_conditioning=self_conditioning,
+                                      known_conditioning=known_conditioning)
     with torch.no_grad():
         if bias is None:
             torch.nn.init.normal_(denoiser.proj_out.weight, std=2.0)
@@ -117,6 +119,28 @@ def test_infilling_keeps_the_known_tokens_exactly(tokenizer, stochastic):
     assert torch.equal(out[mask == 0], ids[mask == 0])
     unconditional = sample(pipe, batch_size=2, num_inference_steps=4)
     assert not torch.equal(unconditional[mask == 0], ids[mask == 0])
+
+
+def test_a_known_conditioning_denoiser_is_given_the_clean_tokens_at_every_step(tokenizer, tmp_path):
+    pipe = make_pipeline(tokenizer, known_conditioning=True)
+    calls = []
+    pipe.denoiser.register_forward_hook(lambda _, args, kwargs, output: calls.append(kwargs), with_kwargs=True)
+    ids = tokenizer(["7+8=15"], add_special_tokens=False, padding="max_length", max_length=8,
+                    return_tensors="pt")["input_ids"]
+    mask = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    out = sample(pipe, batch_size=3, input_ids=ids, infill_mask=mask, num_inference_steps=4)
+    assert len(calls) == 4 and torch.equal(out[:, :4], ids[:, :4].expand(3, -1))
+    clean = bits_to_signal(pipe.codec.encode(ids)).expand(3, -1, -1)
+    for kwargs in calls:
+        assert torch.equal(kwargs["known_signal"], clean) and torch.equal(kwargs["known_mask"], (mask == 0).expand(3, -1))
+    calls.clear()
+    sample(pipe, batch_size=2)
+    assert all("known_mask" not in kwargs for kwargs in calls), "nothing given: nothing passed"
+    pipe.save_pretrained(tmp_path)
+    loaded = BinaryFlowSequencePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.denoiser.config.known_conditioning
+    assert torch.equal(sample(loaded, batch_size=3, input_ids=ids, infill_mask=mask, num_inference_steps=4), out)
 
 
 def test_a_prefix_fixes_the_first_tokens(pipe):

@@ -75,6 +75,9 @@ def test_a_short_run_writes_a_loadable_pipeline_samples_logs_and_card(published)
     assert metadata["pipeline_tag"] == "text-generation" and "binary-flow-matching" in metadata["tags"]
     body = (output_dir / "README.md").read_text()
     assert "| loss_type | bce |" in body and "| valid_fraction |" in body and "BinaryFlowSequencePipeline" in body
+    # the default recipe: sigma around 0.5, and a denoiser that reads given tokens
+    assert "| logit_std | 0.5 |" in body and "| known_probability | 0.5 |" in body
+    assert pipe.denoiser.config.known_conditioning
 
 
 def test_the_published_pipeline_loads_in_a_fresh_process_without_checkpoints_or_token(
@@ -140,6 +143,13 @@ def test_fine_tuning_refuses_a_length_beyond_the_pretrained_maximum(published, t
     assert "exceeds the pretrained model's maximum 6" in message
 
 
+def test_fine_tuning_must_keep_how_the_model_reads_given_tokens(published, tmp_path, tiny_config):
+    output_dir, _ = published
+    message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(output_dir),
+                      "--known_probability", "0")
+    assert "reads given tokens: pass --known_probability > 0" in message
+
+
 def test_an_empty_text_file_is_refused(tmp_path, tiny_config):
     (tmp_path / "empty.txt").write_text("\n\n")
     assert "no non-empty lines" in refused(tmp_path, tiny_config, "--train_file", str(tmp_path / "empty.txt"))
@@ -155,8 +165,11 @@ def test_a_fresh_run_never_overwrites_checkpoints(published, tmp_path, tiny_conf
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-2"]
 
 
-def test_bce_without_logits_is_refused(capsys):
+def test_bce_without_logits_and_a_known_probability_outside_0_1_are_refused(capsys):
     script = load_script("train_sequence")
     with pytest.raises(SystemExit):
         script.parse_args(["--output_dir", "x", "--prediction_type", "sample"])
     assert "needs --prediction_type logits" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--output_dir", "x", "--known_probability", "1.5"])
+    assert "--known_probability must be in [0, 1]" in capsys.readouterr().err
