@@ -46,14 +46,13 @@ from pathlib import Path
 import torch
 
 from diffusers_binflow import BinaryFlowMatchScheduler
-from diffusers_binflow.bits import bits_to_signal
 from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
 from diffusers_binflow.sequences.codec import ids_to_texts
 from diffusers_binflow.sequences import (
     SEQUENCE_TASKS,
     BitSequenceTransformer,
     get_task,
-    sample_known_mask,
+    known_tokens_for_training,
     tokenize_to_length,
     train_tokenizer,
     valid_fraction,
@@ -82,10 +81,8 @@ def method_loss(method: dict, vocab_size: int):
     config = replace(method["recipe"], num_train_timesteps=NUM_TRAIN_TIMESTEPS)
 
     def loss(model, batch, generator):
-        bits, given = model.codec.encode(batch), {}
-        if "known_probability" in method:
-            given = {"known_signal": bits_to_signal(bits, config.bit_scale),
-                     "known_mask": sample_known_mask(*batch.shape, method["known_probability"], generator)}
+        bits = model.codec.encode(batch)
+        given = known_tokens_for_training(bits, method.get("known_probability", 0), config.bit_scale, generator)
         return flow_matching_loss(model, bits, config, generator=generator, model_kwargs=given).loss
 
     return loss

@@ -64,7 +64,7 @@ class FlowLossConfig:
 # isolated pixels a sampler leaves behind.
 IMAGE_RECIPE = FlowLossConfig(prediction_type="likelihood_residual", loss_type="bce")
 IMAGE_SAMPLING_LIKELIHOOD_CAP = 2.0
-# What the sequence script trains by default, chosen on a+b=c (BENCHMARKS.md, "Sequences"): per-bit logits with the
+# What the sequence script trains by default, chosen on a+b=c (BENCHMARKS.md, "Issue 14"): per-bit logits with the
 # cross-entropy, sigma drawn logit-normally around 0.5, logit(sigma) ~ N(0, 0.5). That is where a token's bits are
 # decided from the other positions; uniform sigma spends most of each batch where the answer is already fixed or
 # still pure noise, and its valid fraction stayed near 0.3.

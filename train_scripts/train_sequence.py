@@ -26,7 +26,6 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from diffusers_binflow.bits import bits_to_signal
 from diffusers_binflow.checkpoints import register_checkpoint_hooks, resume_position
 from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.flow import X_PREDICTION_TYPES
@@ -38,7 +37,7 @@ from diffusers_binflow.sequences import (
     TOKENIZER_KINDS,
     BitSequenceTransformer,
     build_sequence_model,
-    sample_known_mask,
+    known_tokens_for_training,
     get_task,
     tokenize_to_length,
     train_tokenizer,
@@ -239,11 +238,8 @@ def main(args):
             # Every micro-batch draws its sigmas and noise from its own seed: resumption is exact.
             generator = micro_batch_generator(accelerator, args.seed, epoch * len(loader) + batch_index)
             with accelerator.accumulate(denoiser):
-                bits, given = codec.encode(batch["token_ids"]), {}
-                if args.known_probability > 0:
-                    given = {"known_signal": bits_to_signal(bits, args.bit_scale),
-                             "known_mask": sample_known_mask(*bits.shape[:2], args.known_probability, generator,
-                                                             bits.device)}
+                bits = codec.encode(batch["token_ids"])
+                given = known_tokens_for_training(bits, args.known_probability, args.bit_scale, generator)
                 out = flow_matching_loss(denoiser, bits, loss_config, generator=generator, model_kwargs=given)
                 accelerator.backward(out.loss)
                 grad_norm = None

@@ -34,7 +34,10 @@ def sionna_bit_order(num_tx: int, modulation: "str | Modulation", device=None) -
     (num_tx, num_bits_per_symbol): our real symbol ``j`` is the real part of stream ``j`` for ``j < num_tx`` and the
     imaginary part of stream ``j - num_tx`` after it, and its ``k``-th bit is Sionna's bit ``2 k`` (real) or
     ``2 k + 1`` (imaginary) of that stream."""
-    _, bits_per_symbol = sionna_modulation(modulation)
+    return _bit_order(num_tx, sionna_modulation(modulation)[1], device)
+
+
+def _bit_order(num_tx: int, bits_per_symbol: int, device=None) -> torch.Tensor:
     part = torch.arange(2 * num_tx, device=device)[:, None]  # our real symbol j
     k = torch.arange(bits_per_symbol // 2, device=device)  # its bit, most significant first
     return ((part % num_tx) * bits_per_symbol + 2 * k + part // num_tx).flatten()
@@ -49,14 +52,14 @@ def bits_to_sionna(bits: torch.Tensor, num_tx: int, modulation: "str | Modulatio
 def bits_from_sionna(bits: torch.Tensor) -> torch.Tensor:
     """Sionna's bits (B, num_tx, num_bits_per_symbol) -> ours (B, num_bits)."""
     num_tx, bits_per_symbol = bits.shape[-2:]
-    return 1 - bits.flatten(-2)[..., sionna_bit_order(num_tx, _qam(bits_per_symbol), bits.device)]
+    return 1 - bits.flatten(-2)[..., _bit_order(num_tx, bits_per_symbol, bits.device)]
 
 
 def llrs_from_sionna(llrs: torch.Tensor) -> torch.Tensor:
     """Sionna's LLRs ``log P(b = 1) / P(b = 0)`` (B, num_tx, num_bits_per_symbol) of its labels -> ours (B, num_bits)
     of our labels: the same reordering, and the sign flips with the inverted labels."""
     num_tx, bits_per_symbol = llrs.shape[-2:]
-    return -llrs.flatten(-2)[..., sionna_bit_order(num_tx, _qam(bits_per_symbol), llrs.device)]
+    return -llrs.flatten(-2)[..., _bit_order(num_tx, bits_per_symbol, llrs.device)]
 
 
 def real_to_complex(y: torch.Tensor, H: torch.Tensor, modulation: "str | Modulation"):
@@ -72,10 +75,6 @@ def noise_covariance(noise_var: torch.Tensor, num_rx: int, dtype: torch.dtype) -
     """Sionna's noise argument: the covariance ``N0 I`` (B, num_rx, num_rx) of the complex noise, from N0 (B,)."""
     eye = torch.eye(num_rx, dtype=dtype, device=noise_var.device)
     return noise_var.to(dtype)[:, None, None] * eye
-
-
-def _qam(bits_per_symbol: int) -> Modulation:
-    return next(m for m in map(get_modulation, ("qpsk", "16qam", "64qam")) if m.bits_per_symbol == bits_per_symbol)
 
 
 __all__ = ["bits_from_sionna", "bits_to_sionna", "llrs_from_sionna", "noise_covariance", "real_to_complex",

@@ -15,6 +15,7 @@ from .model import (
     BitSequenceTransformerOutput,
     SequenceBackbone,
     build_sequence_model,
+    known_tokens_for_training,
     sample_known_mask,
 )
 from .tokenization import TOKENIZER_KINDS, tokenize_to_length, train_tokenizer
@@ -33,6 +34,7 @@ __all__ = [
     "TokenBitCodec",
     "bits_for_vocab",
     "build_sequence_model",
+    "known_tokens_for_training",
     "sample_known_mask",
     "get_task",
     "pad_token_ids",

@@ -23,6 +23,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from ..bits import bits_to_signal
 from .codec import TokenBitCodec
 
 # The names different encoder configs give their dropout rates; `dropout` sets whichever the backbone has.
@@ -181,11 +182,21 @@ def with_known_tokens(sample: torch.Tensor, known_signal: torch.Tensor | None, k
 def sample_known_mask(batch_size: int, length: int, probability: float, generator: torch.Generator | None = None,
                       device=None) -> torch.Tensor:
     """Which tokens a `known_conditioning` model is given in training, (B, L) bool: with `probability` a sequence
-    keeps each position with its own rate ``r ~ U(0, 1)`` (prefixes, infills and scattered cells are all among
-    these), otherwise none. Drawn from `generator`."""
+    keeps each position independently with its own rate ``r ~ U(0, 1)`` (scattered positions; a prefix or an
+    infill is one of these subsets), otherwise none. Drawn from `generator`."""
     has_known = torch.rand(batch_size, 1, generator=generator, device=device) < probability
     rate = torch.rand(batch_size, 1, generator=generator, device=device)
     return has_known & (torch.rand(batch_size, length, generator=generator, device=device) < rate)
+
+
+def known_tokens_for_training(bits: torch.Tensor, probability: float, bit_scale: float,
+                              generator: torch.Generator | None = None) -> dict:
+    """The `known_signal` / `known_mask` model kwargs of a training batch of bits (B, L, num_bits) (`sample_known_mask`
+    with `probability`), or none when `probability` is 0 (a denoiser without `known_conditioning`)."""
+    if probability == 0:
+        return {}
+    return {"known_signal": bits_to_signal(bits, bit_scale),
+            "known_mask": sample_known_mask(*bits.shape[:2], probability, generator, bits.device)}
 
 
 # Encoder sizes: `tiny` trains on one CPU thread in minutes, `small` and `base` want a GPU.
