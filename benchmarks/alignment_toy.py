@@ -196,11 +196,11 @@ def gaussian_flow_loss(model, clean: torch.Tensor, config: FlowLossConfig, gener
 
 @torch.no_grad()
 def generate(model, prediction_type: str, dataset: str, n: int, seed: int, dim: int = DIM,
-             steps: int = SAMPLING_STEPS, **scheduler_options) -> torch.Tensor:
-    """`n` samples (N, dim) by Euler from sigma = 1: +-1 for "bpsk" (threshold), the final signal for "gaussian".
-    `scheduler_options` go to `BinaryFlowMatchScheduler` (e.g. the corrector's ``s_churn``)."""
+             steps: int = SAMPLING_STEPS, solver: str = "euler", **scheduler_options) -> torch.Tensor:
+    """`n` samples (N, dim) by `solver` (`steps` steps) from sigma = 1: +-1 for "bpsk" (threshold), the final
+    signal for "gaussian". `scheduler_options` go to `BinaryFlowMatchScheduler` (e.g. the corrector's ``s_churn``)."""
     final_step = "threshold" if dataset == "bpsk" else "none"
-    scheduler = BinaryFlowMatchScheduler(prediction_type=prediction_type, solver="euler", final_step=final_step,
+    scheduler = BinaryFlowMatchScheduler(prediction_type=prediction_type, solver=solver, final_step=final_step,
                                          num_train_timesteps=NUM_TRAIN_TIMESTEPS, **scheduler_options)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)

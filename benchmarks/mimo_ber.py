@@ -71,7 +71,7 @@ def systems(smoke: bool) -> list[dict]:
         dict(name="4x4 QPSK", num_tx=4, num_rx=4, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0, 14.0, 16.0, 20.0],
              classic=["zf", "lmmse", "ep", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"],
              ours=[(1, 1, "mean"), (4, 16, "likelihood")],
-             train=["--train_batch_size", "256", "--max_train_steps", "2000"]),
+             train=["--train_batch_size", "256", "--max_train_steps", "10000", "--eval_snr_db", "12,16"]),
         dict(name="4x4 QPSK, rho 0.7", num_tx=4, num_rx=4, modulation="qpsk", channel={"correlation": 0.7},
              snr_db=[8.0, 12.0, 16.0, 20.0, 24.0], classic=["lmmse", "ep", "ml", "kbest-16"], recipes=["bce", "mse"],
              ours=[(1, 1, "mean"), (4, 16, "likelihood")],
@@ -112,6 +112,12 @@ def train_model(system: dict, recipe: str, models_dir: Path, smoke: bool) -> dic
             **{k: summary[k] for k in ("optimizer_steps", "train_seconds", "num_parameters", "final_training_loss")}}
 
 
+def selected(detector: str, choices: list[str] | None) -> bool:
+    """Whether --detectors (None: all) selects `detector`, by its full label or by the label without its settings
+    ("ours-bce" selects every "ours-bce (...)")."""
+    return not choices or detector in choices or detector.split(" (")[0] in choices
+
+
 def snr_at_target(points: list[dict], target: float = TARGET_BER) -> float | None:
     """SNR (dB) where the BER crosses `target`, interpolated linearly in log10(BER); None if not crossed."""
     points = sorted(points, key=lambda p: p["snr_db"])
@@ -141,21 +147,24 @@ def run(args, argv=None) -> dict:
         entry = {k: system[k] for k in ("name", "num_tx", "num_rx", "modulation", "snr_db")}
         entry["channel"] = system.get("channel", {})
         entry["num_bits"] = system["num_tx"] * modulation.bits_per_symbol
-        entry["models"] = {recipe: train_model(system, recipe, Path(args.models_dir), args.smoke)
-                           for recipe in system["recipes"]}
+        labels = {(steps, samples, aggregation): f"{steps} step{'s' if steps > 1 else ''}"
+                  + (f" x {samples}, {aggregation}" if samples > 1 else "")
+                  for steps, samples, aggregation in system["ours"]}
+        # Only the recipes with a selected detector are trained and loaded.
+        recipes = [recipe for recipe in system["recipes"]
+                   if any(selected(f"ours-{recipe} ({label})", args.detectors) for label in labels.values())]
+        entry["models"] = {recipe: train_model(system, recipe, Path(args.models_dir), args.smoke) for recipe in recipes}
         detectors = [(name, 0, classic_detector(name, modulation)) for name in system["classic"]]
-        for recipe in system["recipes"]:
+        for recipe in recipes:
             pipe = BinaryFlowMIMOPipeline.from_pretrained(entry["models"][recipe]["folder"])
             pipe.set_progress_bar_config(disable=True)
-            for steps, samples, aggregation in system["ours"]:
+            for (steps, samples, aggregation), label in labels.items():
                 detect = (lambda y, H, n0, pipe=pipe, steps=steps, samples=samples, aggregation=aggregation: pipe(
                     y, H, n0, num_inference_steps=steps, num_samples=samples, aggregation=aggregation,
                     generator=torch.Generator().manual_seed(0)).bits)
-                label = f"{steps} step{'s' if steps > 1 else ''}" + (f" x {samples}, {aggregation}" if samples > 1 else "")
                 detectors.append((f"ours-{recipe} ({label})", steps * samples, detect))
         entry["points"] = []
-        if args.detectors:
-            detectors = [d for d in detectors if d[0] in args.detectors or d[0].split(" (")[0] in args.detectors]
+        detectors = [d for d in detectors if selected(d[0], args.detectors)]
         for name, nfe, detect in detectors:
             for snr in system["snr_db"]:
                 measured = measure_ber(detect, system["num_tx"], system["num_rx"], modulation, snr,
@@ -236,7 +245,7 @@ def main(argv=None):
     parser.add_argument("--systems", nargs="+", default=None, help='Only these systems, e.g. "4x4 QPSK".')
     parser.add_argument("--detectors", nargs="+", default=None,
                         help='Only these detectors: classic names ("ml") or our labels without their settings '
-                             '("ours-bce" selects every ours-bce row).')
+                             '("ours-bce" selects every ours-bce row); only the recipes selected are trained.')
     parser.add_argument("--snr_db", type=float, nargs="+", default=None, help="Replace each system's SNR grid.")
     args = parser.parse_args(argv)
     if args.smoke:

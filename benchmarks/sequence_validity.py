@@ -187,6 +187,9 @@ def main(argv=None):
     parser.add_argument("--max_operand", type=int, default=19, help="arithmetic: operands in [0, this]")
     parser.add_argument("--max_length", type=int, default=16, help="brackets: the longest string")
     parser.add_argument("--num_infill", type=int, default=200, help="held-out texts to complete per NFE (at most)")
+    parser.add_argument("--infill_repeats", type=int, default=1,
+                        help="Independent completions of each infill prompt (the accuracy is their mean: a few dozen "
+                             "held-out prompts give a noisy figure with one completion each).")
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
@@ -228,14 +231,17 @@ def main(argv=None):
     length = max(map(len, train_texts + heldout_texts))
     token_ids = tokenize_to_length(tokenizer, train_texts, length)
     vocab_size = len(tokenizer)
+    if args.infill_repeats < 1:
+        parser.error(f"--infill_repeats must be at least 1, got {args.infill_repeats}.")
     prompts = infill_prompts(task, heldout_texts[:args.num_infill], tokenizer, length, args.seed)
+    prompts = {key: value.repeat_interleave(args.infill_repeats, 0) for key, value in prompts.items()}
     result = {
         "command": command_line(__spec__.name, argv),
         "config": {k: v for k, v in vars(args).items() if k != "output_dir"},
         "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "platform": platform.platform()},
         "data": {"task": task.name, "train_statements": len(train_texts), "heldout_statements": len(heldout_texts),
-                 "infill_prompts": len(prompts["ids"]),
+                 "infill_prompts": len(prompts["ids"]) // args.infill_repeats, "infill_repeats": args.infill_repeats,
                  "vocab_size": vocab_size, "sequence_length": length},
         "methods": {}, "complete": False,
     }
@@ -265,7 +271,8 @@ def main(argv=None):
 
 def combine(results: list[dict]) -> dict:
     """One result from runs that differ only in their methods; every method keeps the run that trained it."""
-    settings = [{k: v for k, v in r["config"].items() if k != "methods"} for r in results]
+    # Runs from before --infill_repeats completed each prompt once.
+    settings = [{"infill_repeats": 1, **{k: v for k, v in r["config"].items() if k != "methods"}} for r in results]
     if any(s != settings[0] for s in settings):
         raise ValueError("Only runs with the same settings (other than --methods) can be combined.")
     methods = {name: entry for r in results for name, entry in r["methods"].items()}
@@ -304,8 +311,10 @@ def markdown(result: dict) -> str:
         + ("" if result["complete"] else " **Partial: not every method has finished.**"), "",
         "Valid: the exact checker accepts the text (standard error in brackets). Novel: valid and not a training "
         "text. Infill: the share of held-out texts, part given (the result after `=`, the second half of a bracket "
-        "string, 8 cells of a grid to fill), completed validly with the same budget. s/sample: sampling wall time "
-        "per sequence on one thread.", "",
+        "string, 8 cells of a grid to fill), completed validly with the same budget"
+        + (f" (each of the {data['infill_prompts']} prompts completed {data['infill_repeats']} times independently; "
+           "the mean)" if data.get("infill_repeats", 1) > 1 else f" ({data['infill_prompts']} prompts)")
+        + ". s/sample: sampling wall time per sequence on one thread.", "",
         "| method | params | train s | final loss | " + " | ".join(f"NFE {n}" for n in config["nfe"])
         + " | at its own NFE |", "|---|---|---|---|" + "---|" * (len(config["nfe"]) + 1),
     ]

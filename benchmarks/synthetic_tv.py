@@ -12,13 +12,15 @@ prototypes (product Bernoullis with bit probabilities 0.1 / 0.9), the 4x4 period
 Each recipe trains the toy's 2x256 gated MLP (`alignment_toy.GatedMLP`; `--network transformer`: a small
 `alignment_toy.BitTransformer` over the bit positions, to tell network and method apart) with Adam (cosine
 decay), then samples N
-bits with `BinaryFlowMatchScheduler` (Euler, each of --nfes steps, threshold; with each --s_churn, the stochastic
-corrector in sigma in [0.05, 0.7], 0 = none). N is the larger of --num_samples and the metrics'
+bits with `BinaryFlowMatchScheduler` (each of --solvers within each of --nfes network evaluations, Heun's N steps
+taking 2N - 1, threshold; with each --s_churn, the stochastic corrector in sigma in [0.05, 0.7], 0 = none). N is the larger of --num_samples and the metrics'
 `minimum_samples` (10 samples per effective state). Reported: TV and KL(empirical || exact) next to their floors
 (the same statistic for N exact samples, mean of 5 draws) and TV / floor; for the code, validity rate and
 codeword coverage too. The discrete peers (`--recipes`, see `discrete_peers.py`) train the same MLP (the mask
 source's takes a mask channel too) with the same optimiser, steps, batch and data, and sample with their own
-samplers at the same NFE. A seed whose training loss turns non-finite stops training there (`diverged`); a seed
+samplers at the same NFE. The "exact posterior (sampler oracle)" recipe trains nothing: Euler is fed the exact
+``E[x | x_sigma]`` (`synthetic.exact_posterior_mean`), so its TV is the sampler's own error at that NFE, the least
+any of our recipes can reach with it. A seed whose training loss turns non-finite stops training there (`diverged`); a seed
 whose sampler refuses a non-finite estimate is recorded as failed (scores null, the scheduler's message kept) and
 the table says how many seeds failed.
 
@@ -28,6 +30,7 @@ Writes synthetic_tv.json and synthetic_tv.md into --output_dir.
 import argparse
 import importlib.util
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,12 +43,13 @@ from diffusers_binflow.metrics.distribution import (
     total_variation,
     validity_rate,
 )
-from diffusers_binflow.synthetic import IsingModel, LinearCode, ProductBernoulliMixture
+from diffusers_binflow.synthetic import IsingModel, LinearCode, ProductBernoulliMixture, exact_posterior_mean
 from diffusers_binflow.training import SEQUENCE_RECIPE, FlowLossConfig, flow_matching_loss
 
-from .alignment_toy import BitTransformer, GatedMLP, generate
+from .alignment_toy import NUM_TRAIN_TIMESTEPS, BitTransformer, GatedMLP, generate
 from .discrete_peers import input_channels, peer_loss, sample_peer
 from .reporting import command_line, failed_note, fmt, machine, mean_std, sample_or_failure, write_results
+from .digit_runs import steps_for
 from .training_loop import Training, train_loop
 
 DIM = 16
@@ -54,7 +58,11 @@ RECIPES = {
     "x-MSE, uniform": FlowLossConfig(timestep_sampling="uniform"),
     "x-BCE, uniform": FlowLossConfig(prediction_type="logits", loss_type="bce", timestep_sampling="uniform"),
     "x-BCE, logit-normal(0, 0.5)": SEQUENCE_RECIPE,  # the sequence script's default
+    # The same with a third of the sigmas uniform, so that both ends still train.
+    "x-BCE, logit-normal(0, 0.5) + 1/3 uniform": replace(SEQUENCE_RECIPE, uniform_fraction=1 / 3),
 }
+# The sampler fed the exact posterior mean instead of a network: what Euler alone reaches at each NFE.
+ORACLE = "exact posterior (sampler oracle)"
 # The discrete peers (`discrete_peers`), same network and budget: name -> family.
 PEERS = {
     "uniform flip (DiscreteDDIM)": "uniform_flip",
@@ -77,9 +85,22 @@ def distributions() -> dict:
     }
 
 
+class ExactPosterior(torch.nn.Module):
+    """A denoiser that returns the exact ``E[x | x_sigma]`` of an enumerable distribution (x-prediction)."""
+
+    def __init__(self, distribution):
+        super().__init__()
+        self.probabilities = distribution.probabilities()
+
+    def forward(self, sample, timestep, return_dict=False):
+        return (exact_posterior_mean(self.probabilities, sample, timestep / NUM_TRAIN_TIMESTEPS),)
+
+
 def train(distribution, recipe: str, steps: int, batch_size: int, seed: int, network: str = "mlp") -> Training:
     """Adam (lr 1e-3, cosine decay) on the recipe's (or peer's) loss; one generator (seeded `seed`) draws each
-    batch, then its loss's noise and sigmas (or corruption)."""
+    batch, then its loss's noise and sigmas (or corruption). The oracle trains nothing."""
+    if recipe == ORACLE:
+        return Training(model=ExactPosterior(distribution), losses=[], stopped_at_step=None, train_seconds=0.0)
     if recipe in PEERS:
         family = PEERS[recipe]
         build = lambda: NETWORKS[network](DIM, in_dim=input_channels(family, DIM))  # noqa: E731
@@ -114,19 +135,21 @@ def score(distribution, bits: torch.Tensor | None, min_samples: int | None) -> d
     return scores
 
 
-def sample_bits(recipe: str, model, n: int, seed: int, nfe: int, churn: float) -> torch.Tensor:
-    """`n` samples (n, DIM) of bits: our flows by Euler (with the corrector at `churn`), a peer by its sampler."""
+def sample_bits(recipe: str, model, n: int, seed: int, nfe: int, solver: str, churn: float) -> torch.Tensor:
+    """`n` samples (n, DIM) of bits: our flows by `solver` within `nfe` evaluations (with the corrector at `churn`),
+    a peer by its own sampler."""
     if recipe in PEERS:
         return sample_peer(PEERS[recipe], model, (DIM,), n, nfe, seed)
-    signal = generate(model, RECIPES[recipe].prediction_type, "bpsk", n, seed=seed, dim=DIM, steps=nfe,
-                      **corrector(churn))
+    prediction_type = "sample" if recipe == ORACLE else RECIPES[recipe].prediction_type
+    signal = generate(model, prediction_type, "bpsk", n, seed=seed, dim=DIM, steps=steps_for(solver, nfe),
+                      solver=solver, **corrector(churn))
     return (signal > 0).float()
 
 
-def sample_and_score(distribution, training: Training, recipe: str, n: int, seed: int, nfe: int, churn: float,
-                     min_samples: int | None) -> dict:
+def sample_and_score(distribution, training: Training, recipe: str, n: int, seed: int, nfe: int, solver: str,
+                     churn: float, min_samples: int | None) -> dict:
     """One seed's row entry: its scores, whether its training diverged, and the sampler's message if it failed."""
-    bits, failed = sample_or_failure(lambda: sample_bits(recipe, training.model, n, 1000 + seed, nfe, churn))
+    bits, failed = sample_or_failure(lambda: sample_bits(recipe, training.model, n, 1000 + seed, nfe, solver, churn))
     return {"seed": seed, "diverged": training.diverged, "failed": failed, **score(distribution, bits, min_samples)}
 
 
@@ -137,19 +160,21 @@ def markdown(result: dict) -> str:
         f"Machine: {result['machine']}; wall time {result['wall_seconds']:.0f} s.  ",
         f"{NETWORK_NAMES[cfg.get('network', 'mlp')]} for every method, {cfg['steps']} Adam steps (lr 1e-3, cosine decay) x batch "
         f"{cfg['batch_size']}, {cfg['seeds']} seeds; "
-        "our recipes sampled by Euler (s_churn > 0: with the stochastic corrector in sigma in [0.05, 0.7]), the "
+        "our recipes sampled by Euler or Heun (N Heun steps take 2N - 1 of the NFE) (s_churn > 0: with the "
+        "stochastic corrector in sigma in [0.05, 0.7]), the "
         "peers by their own samplers (`benchmarks/discrete_peers.py`). Floors: the same statistic for N exact samples "
         "(mean of 5 draws).",
         "",
-        "| distribution | N | recipe | NFE | s_churn | TV | TV floor | TV / floor | KL | KL floor | validity | "
+        "| distribution | N | recipe | NFE | solver | s_churn | TV | TV floor | TV / floor | KL | KL floor | validity | "
         "coverage (floor) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         code = "validity" in row["scores"]
         tv_over_floor = row["tv_over_floor"]["mean"]
         lines.append(
-            f"| {row['distribution']} | {row['num_samples']} | {row['recipe']} | {row['nfe']} | {row['s_churn']:g} | "
+            f"| {row['distribution']} | {row['num_samples']} | {row['recipe']} | {row['nfe']} | "
+            f"{row.get('solver', 'euler')} | {row['s_churn']:g} | "
             f"{fmt(row['scores']['tv'], 3)}{failed_note(row['failed_seeds'], len(row['per_seed']))} | "
             f"{row['floor']['tv']:.3f} | {'n/a' if tv_over_floor is None else f'{tv_over_floor:.2f}'} | "
             f"{fmt(row['scores']['kl'], 3)} | "
@@ -166,14 +191,17 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--nfes", type=int, nargs="+", default=[16])
+    parser.add_argument("--solvers", nargs="+", choices=["euler", "heun"], default=["euler"],
+                        help="Our samplers (Heun's N steps take 2N - 1 evaluations: the most that fit in each NFE).")
     parser.add_argument("--s_churn", type=float, nargs="+", default=[0.0],
                         help="Stochastic corrector strengths (0 = the deterministic Euler sampler).")
     available = distributions()  # built once: the Ising models enumerate all 2^16 states
     parser.add_argument("--distributions", nargs="+", choices=list(available), default=list(available))
     parser.add_argument("--num_samples", type=int, default=20_000)
-    parser.add_argument("--recipes", nargs="+", choices=[*RECIPES, *PEERS],
-                        help="Our recipes and the discrete peers (Meta's need `make peers`) to train and compare "
-                             "(default: our recipes; with --smoke, the first).")
+    parser.add_argument("--recipes", nargs="+", choices=[*RECIPES, ORACLE, *PEERS],
+                        help="Our recipes and the discrete peers (Meta's need `make peers`) to train and compare, "
+                             f"and the {ORACLE!r} (Euler on the exact posterior mean: the sampler's own error; "
+                             "no training) (default: our recipes; with --smoke, the first).")
     parser.add_argument("--network", choices=list(NETWORKS), default="mlp",
                         help="The denoiser every method trains: the 2x256 gated MLP, or a 2-layer bit transformer.")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
@@ -208,25 +236,30 @@ def main(argv=None):
             trainings = [train(distribution, recipe, args.steps, args.batch_size, seed, args.network)
                          for seed in range(args.seeds)]
             for nfe in args.nfes:
-                for churn in [0.0] if recipe in PEERS else args.s_churn:  # the corrector is ours
-                    per_seed = [sample_and_score(distribution, training, recipe, n, seed, nfe, churn, min_samples)
-                                for seed, training in enumerate(trainings)]
+                # The solvers and the corrector are ours; a peer has its own sampler.
+                samplers = [("own", 0.0)] if recipe in PEERS else [(solver, churn) for solver in args.solvers
+                                                                     for churn in args.s_churn]
+                for solver, churn in samplers:
+                    per_seed = [sample_and_score(distribution, training, recipe, n, seed, nfe, solver, churn,
+                                                 min_samples) for seed, training in enumerate(trainings)]
                     scores = {k: mean_std([s[k] for s in per_seed]) for k in score_names(distribution)}
                     failed = sum(s["failed"] is not None for s in per_seed)
-                    rows.append({"distribution": name, "recipe": recipe, "nfe": nfe, "s_churn": churn,
+                    rows.append({"distribution": name, "recipe": recipe, "nfe": nfe, "solver": solver, "s_churn": churn,
                                  "num_samples": n, "floor": floor, "scores": scores,
                                  "tv_over_floor": mean_std([None if s["tv"] is None else s["tv"] / floor["tv"]
                                                             for s in per_seed]),
                                  "failed_seeds": failed, "diverged_seeds": sum(s["diverged"] for s in per_seed),
                                  "per_seed": per_seed})
-                    print(f"[{time.perf_counter() - start:.0f}s] {name} | {recipe} | NFE {nfe} | s_churn {churn:g}: "
+                    print(f"[{time.perf_counter() - start:.0f}s] {name} | {recipe} | NFE {nfe} | {solver} | "
+                          f"s_churn {churn:g}: "
                           f"TV {fmt(scores['tv'], 3)}{failed_note(failed, len(per_seed))} (floor {floor['tv']:.3f})"
                           + (f", validity {fmt(scores['validity'], 3)}" if "validity" in scores else ""),
                           flush=True)
     result = {"command": command_line(__spec__.name, argv), "machine": machine(),
               "wall_seconds": time.perf_counter() - start,
               "config": {"network": args.network, "steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "nfes": args.nfes,
-                         "s_churn": args.s_churn, "num_samples": args.num_samples, "smoke": args.smoke},
+                         "solvers": args.solvers, "s_churn": args.s_churn, "num_samples": args.num_samples,
+                         "smoke": args.smoke},
               "skipped": skipped, "rows": rows}
     table = markdown(result)
     write_results(args.output_dir, "synthetic_tv", result, table)

@@ -49,6 +49,29 @@ def sample_states(probabilities: torch.Tensor, dim: int, num_samples: int,
     return all_states(dim)[indices]
 
 
+def exact_posterior_mean(probabilities: torch.Tensor, sample: torch.Tensor, sigma, bit_scale: float = 1.0,
+                         chunk_size: int = 32) -> torch.Tensor:
+    """``E[x | x_sigma]`` under any pmf over the ``2**d`` states (state order), with ``x = bit_scale (2b - 1)``
+    and ``x_sigma = (1 - sigma) x + sigma eps``: the states weighted by ``p(b) N(x_sigma; (1 - sigma) x, sigma^2)``.
+    Every state has the same ``||x||^2``, so a state's log weight is ``log p(b) + (1 - sigma) <x_sigma, x> /
+    sigma^2`` up to a constant. `sample` (B, d), `sigma` a positive float or (B,); returns (B, d) in signal space.
+    Costs O(B 2**d d) (only the states of positive probability count); `chunk_size` rows at a time keep the
+    (chunk, states) weights small enough to stay in cache."""
+    dim = sample.shape[-1]
+    if probabilities.shape != (2**dim,):
+        raise ValueError(f"Expected probabilities over the 2**{dim} states of (B, {dim}) samples, got "
+                         f"{tuple(probabilities.shape)}.")
+    support = probabilities > 0
+    states = bit_scale * (2 * all_states(dim)[support] - 1)
+    log_prior = probabilities[support].float().log()
+    coefficient = torch.as_tensor((1 - sigma) / sigma**2, dtype=torch.float32).expand(sample.shape[0])
+    means = []
+    for rows, scale in zip(sample.float().split(chunk_size), coefficient.split(chunk_size)):
+        weights = (log_prior + scale[:, None] * (rows @ states.T)).softmax(-1)  # (chunk, 2**d)
+        means.append(weights @ states)
+    return torch.cat(means).to(sample.dtype)
+
+
 class ProductBernoulliMixture:
     """A mixture of product Bernoullis: pick component k with probability ``weights[k]``, then bit i is 1 with
     probability ``probs[k, i]``. One component is a product Bernoulli; probabilities in {0, 1} make prototypes.

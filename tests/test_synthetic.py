@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from diffusers_binflow.flow import interpolate
-from diffusers_binflow.synthetic import IsingModel, LinearCode, ProductBernoulliMixture, all_states, state_index
+from diffusers_binflow.synthetic import (
+    IsingModel,
+    LinearCode,
+    ProductBernoulliMixture,
+    all_states,
+    exact_posterior_mean,
+    state_index,
+)
 
 
 def test_samples_follow_the_mixture():
@@ -38,6 +45,32 @@ def test_bit_scale_multiplies_the_evidence_and_the_mean():
     sample = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(mixture.posterior_mean(sample, 0.5, bit_scale=2.0),
                                2 * mixture.posterior_mean(2 * sample, 0.5))
+
+
+@pytest.mark.parametrize("bit_scale", [1.0, 2.0])
+def test_enumerated_posterior_mean_equals_the_mixture_closed_form_at_every_sigma(bit_scale):
+    """Summing over all 2^d states weighted by p(b) N(x_sigma; (1 - sigma) x, sigma^2) is the closed form; one sigma
+    per row, chunks smaller than the batch, and states of probability 0 (a prototype) included."""
+    mixture = ProductBernoulliMixture([0.2, 0.5, 0.3], [[0.1, 0.9, 0.5, 0.7, 0.2], [0.6, 0.3, 0.8, 0.1, 0.5],
+                                                          [1.0, 0.0, 1.0, 1.0, 0.0]])
+    g = torch.Generator().manual_seed(4)
+    sample, sigmas = 1.5 * torch.randn(9, 5, generator=g), torch.tensor([0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0])
+    enumerated = exact_posterior_mean(mixture.probabilities(), sample, sigmas, bit_scale=bit_scale, chunk_size=4)
+    closed_form = torch.cat([mixture.posterior_mean(row[None], s.item(), bit_scale=bit_scale)
+                             for row, s in zip(sample, sigmas)])
+    torch.testing.assert_close(enumerated, closed_form, atol=1e-5, rtol=0)
+    # sigma = 1 carries no evidence: the prior mean
+    torch.testing.assert_close(enumerated[-1], bit_scale * (2 * mixture.sample(400_000, generator=g).mean(0) - 1),
+                               atol=0.01, rtol=0)
+
+
+def test_enumerated_posterior_mean_keeps_to_the_support_and_checks_shapes():
+    code = LinearCode.random(n=8, k=3, seed=0)
+    mean = exact_posterior_mean(code.probabilities(), torch.randn(6, 8, generator=torch.Generator().manual_seed(5)),
+                                0.01)
+    assert code.is_valid((mean > 0).float()).all()  # near the data end every estimate is a codeword
+    with pytest.raises(ValueError, match=r"2\*\*7 states of \(B, 7\) samples, got \(256,\)"):
+        exact_posterior_mean(code.probabilities(), torch.zeros(2, 7), 0.5)
 
 
 def test_bad_parameters_are_refused():

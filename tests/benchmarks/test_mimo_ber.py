@@ -73,3 +73,13 @@ def test_filters_rerun_chosen_detectors_at_chosen_snrs_reusing_the_trained_model
     names = {p["detector"] for p in entry["points"]}
     assert "ml" in names and all(n == "ml" or n.startswith("ours-bce (") for n in names) and len(names) == 3
     assert {p["snr_db"] for p in entry["points"]} == {6.0}
+    assert set(entry["models"]) == {"bce"}  # the MSE model is neither needed nor loaded
+
+
+def test_only_the_recipes_of_selected_detectors_are_trained(tmp_path):
+    stdout = run_benchmark("mimo_ber", "--smoke", "--output_dir", tmp_path, "--models_dir", tmp_path / "models",
+                           "--detectors", "ours-mse (1 step)", "--snr_db", "6")
+    assert stdout.count("training:") == 1
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["2x2-qpsk-rho-0.5-mse"]
+    entry = json.loads((tmp_path / "mimo_ber.json").read_text())["systems"][0]
+    assert {p["detector"] for p in entry["points"]} == {"ours-mse (1 step)"} and set(entry["models"]) == {"mse"}

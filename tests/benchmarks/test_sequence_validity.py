@@ -60,6 +60,21 @@ def test_infill_prompts_give_what_each_task_leaves_to_fill():
     assert prompts["generate"].sum(1).tolist() == [8, 8, 8]
 
 
+def test_infill_repeats_complete_each_prompt_independently_and_average(tmp_path):
+    run_benchmark("sequence_validity", "--smoke", "--methods", "ours (BCE)", "--infill_repeats", "3",
+                  "--output_dir", tmp_path)
+    result = json.loads((tmp_path / "sequence_validity.json").read_text())
+    prompts = result["data"]["infill_prompts"]
+    assert result["data"]["infill_repeats"] == 3 and prompts == min(200, result["data"]["heldout_statements"])
+    for row in result["methods"]["ours (BCE)"]["by_nfe"]:
+        # a mean over 3 x prompts completions (rounded to 4 places in the file)
+        completed = row["infill_accuracy"] * 3 * prompts
+        assert abs(completed - round(completed)) < 3 * prompts * 1e-4
+    assert f"each of the {prompts} prompts completed 3 times" in (tmp_path / "sequence_validity.md").read_text()
+    with pytest.raises(SystemExit):
+        sequence_validity.main(["--smoke", "--infill_repeats", "0", "--output_dir", str(tmp_path / "refused")])
+
+
 def test_runs_of_single_methods_combine_into_one_report(smoke, tmp_path):
     full = json.loads((smoke / "sequence_validity.json").read_text())
     parts = [{**full, "command": f"run {i}", "methods": {name: entry}, "config": {**full["config"], "methods": [name]}}
@@ -72,6 +87,10 @@ def test_runs_of_single_methods_combine_into_one_report(smoke, tmp_path):
     assert "merged with `--combine`" in (tmp_path / "combined" / "sequence_validity.md").read_text()
     with pytest.raises(ValueError, match="same settings"):
         sequence_validity.combine([parts[0], {**parts[1], "config": {**parts[1]["config"], "steps": 99}}])
+    # a run from before --infill_repeats completed each prompt once, and combines with one that says so
+    older = {**parts[0], "config": {k: v for k, v in parts[0]["config"].items() if k != "infill_repeats"}}
+    assert list(sequence_validity.combine([older, parts[1]])["methods"]) == [*parts[0]["methods"],
+                                                                             *parts[1]["methods"]]
 
 
 def _write(path: Path, obj: dict) -> Path:

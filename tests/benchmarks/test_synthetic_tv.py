@@ -27,7 +27,26 @@ def test_synthetic_tv_smoke(tmp_path):
     expected = finite_sample_floor(mixture, 300, generator=torch.Generator().manual_seed(123), min_samples=100)
     assert math.isclose(result["rows"][0]["floor"]["tv"], expected)
     table = (tmp_path / "synthetic_tv.md").read_text()
-    assert table.count("| default (x-MSE, logit-normal) | 16 | 0 |") == table.count("| 16 | 4 |") == len(names)
+    assert table.count("| default (x-MSE, logit-normal) | 16 | euler | 0 |") == table.count("| 16 | euler | 4 |") \
+        == len(names)
+
+
+def test_the_sampler_oracle_trains_nothing_and_heun_fits_its_evaluations_in_the_nfe(tmp_path, monkeypatch):
+    """The oracle is Euler (or Heun) on the exact posterior mean: no training, and on the code its samples are
+    codewords at the finite-sample floor; Heun within 16 evaluations runs 8 steps."""
+    steps = []
+    generate = synthetic_tv.generate
+    monkeypatch.setattr(synthetic_tv, "generate", lambda *a, **k: steps.append((k["solver"], k["steps"])) or
+                        generate(*a, **k))
+    synthetic_tv.main(["--smoke", "--distributions", "random [16, 8] code", "--recipes",
+                       "exact posterior (sampler oracle)", "--solvers", "euler", "heun", "--nfes", "16",
+                       "--output_dir", str(tmp_path)])
+    assert steps == [("euler", 16), ("heun", 8)]
+    rows = json.loads((tmp_path / "synthetic_tv.json").read_text())["rows"]
+    assert [row["solver"] for row in rows] == ["euler", "heun"]
+    for row in rows:
+        assert row["scores"]["validity"]["mean"] == 1.0 and row["tv_over_floor"]["mean"] < 1.2
+    assert "| exact posterior (sampler oracle) | 16 | heun | 0 |" in (tmp_path / "synthetic_tv.md").read_text()
 
 
 def test_a_seed_whose_sampler_refuses_its_model_is_recorded_as_failed(tmp_path, monkeypatch):
