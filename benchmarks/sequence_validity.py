@@ -211,6 +211,8 @@ def main(argv=None):
                         help="Merge the methods of runs with the same settings (e.g. run in parallel, one method "
                              "each) into --output_dir instead of running.")
     args = parser.parse_args(argv)
+    if args.infill_repeats < 1:
+        parser.error(f"--infill_repeats must be at least 1, got {args.infill_repeats}.")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.combine:
@@ -231,9 +233,8 @@ def main(argv=None):
     length = max(map(len, train_texts + heldout_texts))
     token_ids = tokenize_to_length(tokenizer, train_texts, length)
     vocab_size = len(tokenizer)
-    if args.infill_repeats < 1:
-        parser.error(f"--infill_repeats must be at least 1, got {args.infill_repeats}.")
     prompts = infill_prompts(task, heldout_texts[:args.num_infill], tokenizer, length, args.seed)
+    num_prompts = len(prompts["ids"])
     prompts = {key: value.repeat_interleave(args.infill_repeats, 0) for key, value in prompts.items()}
     result = {
         "command": command_line(__spec__.name, argv),
@@ -241,7 +242,7 @@ def main(argv=None):
         "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "platform": platform.platform()},
         "data": {"task": task.name, "train_statements": len(train_texts), "heldout_statements": len(heldout_texts),
-                 "infill_prompts": len(prompts["ids"]) // args.infill_repeats, "infill_repeats": args.infill_repeats,
+                 "infill_prompts": num_prompts, "infill_repeats": args.infill_repeats,
                  "vocab_size": vocab_size, "sequence_length": length},
         "methods": {}, "complete": False,
     }

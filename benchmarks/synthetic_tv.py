@@ -13,15 +13,15 @@ Each recipe trains the toy's 2x256 gated MLP (`alignment_toy.GatedMLP`; `--netwo
 `alignment_toy.BitTransformer` over the bit positions, to tell network and method apart) with Adam (cosine
 decay), then samples N
 bits with `BinaryFlowMatchScheduler` (each of --solvers within each of --nfes network evaluations, Heun's N steps
-taking 2N - 1, threshold; with each --s_churn, the stochastic corrector in sigma in [0.05, 0.7], 0 = none). N is the larger of --num_samples and the metrics'
-`minimum_samples` (10 samples per effective state). Reported: TV and KL(empirical || exact) next to their floors
+taking 2N - 1, threshold; with each --s_churn, the stochastic corrector in sigma in [0.05, 0.7], 0 = none). N is
+the larger of --num_samples and the metrics' `minimum_samples` (10 samples per effective state). Reported: TV and KL(empirical || exact) next to their floors
 (the same statistic for N exact samples, mean of 5 draws) and TV / floor; for the code, validity rate and
 codeword coverage too. The discrete peers (`--recipes`, see `discrete_peers.py`) train the same MLP (the mask
 source's takes a mask channel too) with the same optimiser, steps, batch and data, and sample with their own
-samplers at the same NFE. The "exact posterior (sampler oracle)" recipe trains nothing: Euler is fed the exact
-``E[x | x_sigma]`` (`synthetic.exact_posterior_mean`), so its TV is the sampler's own error at that NFE, the least
-any of our recipes can reach with it. A seed whose training loss turns non-finite stops training there (`diverged`); a seed
-whose sampler refuses a non-finite estimate is recorded as failed (scores null, the scheduler's message kept) and
+samplers at the same NFE. The "exact posterior (sampler oracle)" recipe trains nothing: each solver is fed the
+exact ``E[x | x_sigma]`` (`synthetic.exact_posterior_mean`), so its TV is that solver's own error at that NFE, the
+least any of our recipes can reach with it. A seed whose training loss turns non-finite stops training there
+(`diverged`); a seed whose sampler refuses a non-finite estimate is recorded as failed (scores null, the scheduler's message kept) and
 the table says how many seeds failed.
 
 Writes synthetic_tv.json and synthetic_tv.md into --output_dir.
@@ -48,8 +48,8 @@ from diffusers_binflow.training import SEQUENCE_RECIPE, FlowLossConfig, flow_mat
 
 from .alignment_toy import NUM_TRAIN_TIMESTEPS, BitTransformer, GatedMLP, generate
 from .discrete_peers import input_channels, peer_loss, sample_peer
-from .reporting import command_line, failed_note, fmt, machine, mean_std, sample_or_failure, write_results
 from .digit_runs import steps_for
+from .reporting import command_line, failed_note, fmt, machine, mean_std, sample_or_failure, write_results
 from .training_loop import Training, train_loop
 
 DIM = 16
@@ -61,7 +61,7 @@ RECIPES = {
     # The same with a third of the sigmas uniform, so that both ends still train.
     "x-BCE, logit-normal(0, 0.5) + 1/3 uniform": replace(SEQUENCE_RECIPE, uniform_fraction=1 / 3),
 }
-# The sampler fed the exact posterior mean instead of a network: what Euler alone reaches at each NFE.
+# The sampler fed the exact posterior mean instead of a network: what each solver alone reaches at each NFE.
 ORACLE = "exact posterior (sampler oracle)"
 # The discrete peers (`discrete_peers`), same network and budget: name -> family.
 PEERS = {
@@ -200,7 +200,7 @@ def main(argv=None):
     parser.add_argument("--num_samples", type=int, default=20_000)
     parser.add_argument("--recipes", nargs="+", choices=[*RECIPES, ORACLE, *PEERS],
                         help="Our recipes and the discrete peers (Meta's need `make peers`) to train and compare, "
-                             f"and the {ORACLE!r} (Euler on the exact posterior mean: the sampler's own error; "
+                             f"and the {ORACLE!r} (the solver on the exact posterior mean: its own error; "
                              "no training) (default: our recipes; with --smoke, the first).")
     parser.add_argument("--network", choices=list(NETWORKS), default="mlp",
                         help="The denoiser every method trains: the 2x256 gated MLP, or a 2-layer bit transformer.")

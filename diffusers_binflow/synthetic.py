@@ -61,6 +61,9 @@ def exact_posterior_mean(probabilities: torch.Tensor, sample: torch.Tensor, sigm
     if probabilities.shape != (2**dim,):
         raise ValueError(f"Expected probabilities over the 2**{dim} states of (B, {dim}) samples, got "
                          f"{tuple(probabilities.shape)}.")
+    if (torch.as_tensor(sigma) <= 0).any():
+        raise ValueError("`sigma` must be positive: at sigma = 0 the state is the data and carries no noise to average "
+                         "over.")
     support = probabilities > 0
     states = bit_scale * (2 * all_states(dim)[support] - 1)
     log_prior = probabilities[support].float().log()

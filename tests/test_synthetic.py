@@ -71,6 +71,8 @@ def test_enumerated_posterior_mean_keeps_to_the_support_and_checks_shapes():
     assert code.is_valid((mean > 0).float()).all()  # near the data end every estimate is a codeword
     with pytest.raises(ValueError, match=r"2\*\*7 states of \(B, 7\) samples, got \(256,\)"):
         exact_posterior_mean(code.probabilities(), torch.zeros(2, 7), 0.5)
+    with pytest.raises(ValueError, match="`sigma` must be positive"):
+        exact_posterior_mean(code.probabilities(), torch.zeros(2, 8), torch.tensor([0.5, 0.0]))
 
 
 def test_bad_parameters_are_refused():
