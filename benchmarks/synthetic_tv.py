@@ -4,6 +4,8 @@
     python -m benchmarks.synthetic_tv --distributions "random [16, 8] code" --nfes 16 64 --s_churn 0 4
     python -m benchmarks.synthetic_tv --recipes "x-BCE, uniform" "uniform flip (DiscreteDDIM)" \
         "discrete FM, uniform source" "discrete FM, mask source"          # against the discrete peers
+    python -m benchmarks.synthetic_tv --seeds 1 --first_seed 2 --output_dir /tmp/seed2   # seeds in parallel runs,
+    python -m benchmarks.synthetic_tv --combine /tmp/seed*/synthetic_tv.json --output_dir /tmp/all   # then merged
     python -m benchmarks.synthetic_tv --smoke --output_dir /tmp/tv      # tiny sizes, seconds (the test runs this)
 
 Distributions (`diffusers_binflow.synthetic`, all 2^16 probabilities by enumeration): a mixture of 8 noisy
@@ -29,6 +31,7 @@ Writes synthetic_tv.json and synthetic_tv.md into --output_dir.
 
 import argparse
 import importlib.util
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -153,11 +156,48 @@ def sample_and_score(distribution, training: Training, recipe: str, n: int, seed
     return {"seed": seed, "diverged": training.diverged, "failed": failed, **score(distribution, bits, min_samples)}
 
 
+def summarize(row: dict, per_seed: list[dict]) -> dict:
+    """`row` (a distribution, recipe, sampler and its floor) with its seeds' entries and their mean +- std."""
+    scores = {k: mean_std([s[k] for s in per_seed]) for k in per_seed[0] if k not in ("seed", "diverged", "failed")}
+    return {**row, "scores": scores,
+            "tv_over_floor": mean_std([None if s["tv"] is None else s["tv"] / row["floor"]["tv"] for s in per_seed]),
+            "failed_seeds": sum(s["failed"] is not None for s in per_seed),
+            "diverged_seeds": sum(s["diverged"] for s in per_seed), "per_seed": per_seed}
+
+
+def combine(results: list[dict]) -> dict:
+    """One result from runs that differ only in their seeds: each row's seeds joined, its mean +- std recomputed."""
+    settings = [{k: v for k, v in r["config"].items() if k not in ("seeds", "first_seed")} for r in results]
+    if any(s != settings[0] for s in settings):
+        raise ValueError("Only runs with the same settings (other than their seeds) can be combined.")
+    merged = {}
+    for result in results:
+        for row in result["rows"]:
+            key = tuple(row[k] for k in ("distribution", "recipe", "nfe", "solver", "s_churn"))
+            if key in merged and merged[key]["row"]["floor"] != row["floor"]:
+                raise ValueError(f"The runs' floors differ for {key}: not the same settings.")
+            merged.setdefault(key, {"row": row, "per_seed": []})["per_seed"].extend(row["per_seed"])
+    rows = []
+    for key, entry in merged.items():
+        seeds = [s["seed"] for s in entry["per_seed"]]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"Seeds {sorted(seeds)} of {key} repeat: the runs overlap.")
+        rows.append(summarize({k: entry["row"][k] for k in ("distribution", "recipe", "nfe", "solver", "s_churn",
+                                                           "num_samples", "floor")},
+                              sorted(entry["per_seed"], key=lambda s: s["seed"])))
+    seeds = sorted({s["seed"] for row in rows for s in row["per_seed"]})
+    return {**results[0], "command": " ; ".join(r["command"] for r in results),
+            "wall_seconds": sum(r["wall_seconds"] for r in results),
+            "config": {**results[0]["config"], "seeds": len(seeds), "first_seed": seeds[0]},
+            "skipped": sorted({name for r in results for name in r["skipped"]}), "rows": rows}
+
+
 def markdown(result: dict) -> str:
-    cfg = result["config"]
+    cfg, combined = result["config"], " ; " in result["command"]
     lines = [
-        f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']}; wall time {result['wall_seconds']:.0f} s.  ",
+        f"Command{' (runs merged with `--combine`)' if combined else ''}: `{result['command']}`  ",
+        f"Machine: {result['machine']}; wall time {result['wall_seconds']:.0f} s"
+        f"{' (summed over the runs)' if combined else ''}.  ",
         f"{NETWORK_NAMES[cfg.get('network', 'mlp')]} for every method, {cfg['steps']} Adam steps (lr 1e-3, cosine decay) x batch "
         f"{cfg['batch_size']}, {cfg['seeds']} seeds; "
         "our recipes sampled by Euler or Heun (N Heun steps take 2N - 1 of the NFE) (s_churn > 0: with the "
@@ -189,7 +229,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch_size", type=int, default=512)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, help="How many seeds (default 3; with --smoke, 1).")
+    parser.add_argument("--first_seed", type=int, default=0,
+                        help="Run seeds first_seed, ..., first_seed + seeds - 1 (to run seeds in parallel).")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="Merge the seeds of runs with the same settings (e.g. run in parallel with --first_seed) "
+                             "into --output_dir instead of running.")
     parser.add_argument("--nfes", type=int, nargs="+", default=[16])
     parser.add_argument("--solvers", nargs="+", choices=["euler", "heun"], default=["euler"],
                         help="Our samplers (Heun's N steps take 2N - 1 evaluations: the most that fit in each NFE).")
@@ -205,12 +250,20 @@ def main(argv=None):
     parser.add_argument("--network", choices=list(NETWORKS), default="mlp",
                         help="The denoiser every method trains: the 2x256 gated MLP, or a 2-layer bit transformer.")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--smoke", action="store_true", help="20 steps, 1 seed, 300 samples")
+    parser.add_argument("--smoke", action="store_true", help="20 steps, 300 samples")
     args = parser.parse_args(argv)
+    if args.combine:
+        result = combine([json.loads(path.read_text()) for path in args.combine])
+        write_results(args.output_dir, "synthetic_tv", result, markdown(result))
+        return
     min_samples = None
+    if args.seeds is None:
+        args.seeds = 1 if args.smoke else 3
+    if args.seeds < 1 or args.first_seed < 0:
+        parser.error("--seeds must be at least 1 and --first_seed at least 0.")
     args.recipes = args.recipes or list(RECIPES)[:1 if args.smoke else None]
     if args.smoke:
-        args.steps, args.batch_size, args.seeds, args.num_samples = 20, 64, 1, 300
+        args.steps, args.batch_size, args.num_samples = 20, 64, 300
         min_samples = 100  # the smoke run only checks the plumbing, not the estimates
     have_meta = importlib.util.find_spec("flow_matching") is not None
     skipped = [r for r in args.recipes if PEERS.get(r) in NEEDS_META and not have_meta]
@@ -218,6 +271,7 @@ def main(argv=None):
         print(f"Skipped (Meta's `flow_matching` is not installed; `make peers`): {skipped}", flush=True)
         args.recipes = [r for r in args.recipes if r not in skipped]
     torch.set_num_threads(1)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     start, rows = time.perf_counter(), []
     for name, distribution in available.items():
         if name not in args.distributions:
@@ -234,30 +288,26 @@ def main(argv=None):
                 generator=floor_generator)
         for recipe in args.recipes:
             trainings = [train(distribution, recipe, args.steps, args.batch_size, seed, args.network)
-                         for seed in range(args.seeds)]
+                         for seed in seeds]
             for nfe in args.nfes:
                 # The solvers and the corrector are ours; a peer has its own sampler.
                 samplers = [("own", 0.0)] if recipe in PEERS else [(solver, churn) for solver in args.solvers
                                                                      for churn in args.s_churn]
                 for solver, churn in samplers:
                     per_seed = [sample_and_score(distribution, training, recipe, n, seed, nfe, solver, churn,
-                                                 min_samples) for seed, training in enumerate(trainings)]
-                    scores = {k: mean_std([s[k] for s in per_seed]) for k in score_names(distribution)}
-                    failed = sum(s["failed"] is not None for s in per_seed)
-                    rows.append({"distribution": name, "recipe": recipe, "nfe": nfe, "solver": solver, "s_churn": churn,
-                                 "num_samples": n, "floor": floor, "scores": scores,
-                                 "tv_over_floor": mean_std([None if s["tv"] is None else s["tv"] / floor["tv"]
-                                                            for s in per_seed]),
-                                 "failed_seeds": failed, "diverged_seeds": sum(s["diverged"] for s in per_seed),
-                                 "per_seed": per_seed})
+                                                 min_samples) for seed, training in zip(seeds, trainings)]
+                    row = summarize({"distribution": name, "recipe": recipe, "nfe": nfe, "solver": solver,
+                                     "s_churn": churn, "num_samples": n, "floor": floor}, per_seed)
+                    rows.append(row)
                     print(f"[{time.perf_counter() - start:.0f}s] {name} | {recipe} | NFE {nfe} | {solver} | "
-                          f"s_churn {churn:g}: "
-                          f"TV {fmt(scores['tv'], 3)}{failed_note(failed, len(per_seed))} (floor {floor['tv']:.3f})"
-                          + (f", validity {fmt(scores['validity'], 3)}" if "validity" in scores else ""),
+                          f"s_churn {churn:g}: TV {fmt(row['scores']['tv'], 3)}"
+                          f"{failed_note(row['failed_seeds'], len(per_seed))} (floor {floor['tv']:.3f})"
+                          + (f", validity {fmt(row['scores']['validity'], 3)}" if "validity" in row["scores"] else ""),
                           flush=True)
     result = {"command": command_line(__spec__.name, argv), "machine": machine(),
               "wall_seconds": time.perf_counter() - start,
-              "config": {"network": args.network, "steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "nfes": args.nfes,
+              "config": {"network": args.network, "steps": args.steps, "batch_size": args.batch_size,
+                         "seeds": args.seeds, "first_seed": args.first_seed, "nfes": args.nfes,
                          "solvers": args.solvers, "s_churn": args.s_churn, "num_samples": args.num_samples,
                          "smoke": args.smoke},
               "skipped": skipped, "rows": rows}

@@ -4,6 +4,7 @@ whose sampling fails is recorded without ending the run."""
 import json
 import math
 
+import pytest
 import torch
 
 from benchmarks import synthetic_tv
@@ -93,3 +94,36 @@ def test_the_discrete_peers_train_and_sample_in_the_same_run_without_the_correct
                                                                      *[(p, 0) for p in ran]]
     for row in result["rows"]:
         assert row["failed_seeds"] == 0 and 0 <= row["scores"]["validity"]["mean"] <= 1
+
+
+def test_seeds_run_apart_and_combined_equal_one_run_of_both(tmp_path):
+    """--first_seed splits the seeds over runs; --combine joins them into the same rows, mean and std as one run of
+    both seeds, and refuses runs that overlap or differ in their settings."""
+    common = ["--smoke", "--distributions", "random [16, 8] code", "--solvers", "euler", "heun"]
+    threads = torch.get_num_threads()
+    try:
+        synthetic_tv.main([*common, "--seeds", "2", "--output_dir", str(tmp_path / "both")])
+        for seed in (0, 1):
+            synthetic_tv.main([*common, "--seeds", "1", "--first_seed", str(seed), "--output_dir",
+                               str(tmp_path / f"seed{seed}")])
+        synthetic_tv.main(["--smoke", "--distributions", "random [16, 8] code", "--first_seed", "1",
+                           "--output_dir", str(tmp_path / "euler_only")])
+    finally:
+        torch.set_num_threads(threads)
+    parts = [str(tmp_path / f"seed{seed}" / "synthetic_tv.json") for seed in (1, 0)]
+    synthetic_tv.main(["--combine", *parts, "--output_dir", str(tmp_path / "combined")])
+    both = json.loads((tmp_path / "both" / "synthetic_tv.json").read_text())
+    combined = json.loads((tmp_path / "combined" / "synthetic_tv.json").read_text())
+    assert combined["config"]["seeds"] == 2 and combined["config"]["first_seed"] == 0
+    assert len(combined["rows"]) == len(both["rows"]) == 2
+    for ours, reference in zip(combined["rows"], both["rows"]):
+        assert [s["seed"] for s in ours["per_seed"]] == [0, 1]
+        for key in ("per_seed", "scores", "tv_over_floor", "floor", "solver"):
+            assert ours[key] == reference[key]
+    table = (tmp_path / "combined" / "synthetic_tv.md").read_text()
+    assert "runs merged with `--combine`" in table and "2 seeds" in table
+    for wrong, message in ([parts[0], parts[0]], "overlap"), \
+            ([parts[0], str(tmp_path / "euler_only" / "synthetic_tv.json")], "same settings"):
+        with pytest.raises(ValueError, match=message):
+            synthetic_tv.main(["--combine", *wrong, "--output_dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
