@@ -20,6 +20,9 @@ a position carries:
 - ours (BCE, known tokens): the same with a `known_conditioning` denoiser, trained to read given tokens exactly
   (half the sequences are given their positions at a random rate, `sample_known_mask`), which infilling uses: the
   sequence script's default;
+- ours (BCE, known tokens, Heun): the same model sampled with Heun's solver, its N steps taking 2N - 1 of the NFE;
+- ours (BCE, known tokens, mixed sigma, Heun): trained with a third of the sigmas uniform (`uniform_fraction`
+  1/3, the density that covers both ends on the exact distributions), sampled with Heun;
 - ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
   the vocabulary out: D3PM uniform-state diffusion sampled with diffusers' `DiscreteDDIMScheduler` (NFE steps,
@@ -59,6 +62,7 @@ from diffusers_binflow.sequences import (
 )
 from diffusers_binflow.training import SEQUENCE_RECIPE, flow_matching_loss
 
+from .digit_runs import steps_for
 from .reporting import command_line, pyplot, sample_or_failure, write_results
 from .sequence_peers import NUM_TRAIN_TIMESTEPS, build_peer, peer_loss, sample_peer
 from .training_loop import train_loop
@@ -67,6 +71,11 @@ METHODS = {
     "ours (BCE)": dict(kind="bits", recipe=SEQUENCE_RECIPE),
     "ours (BCE, uniform sigma)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, timestep_sampling="uniform")),
     "ours (BCE, known tokens)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5),
+    "ours (BCE, known tokens, Heun)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5,
+                                           solver="heun"),
+    "ours (BCE, known tokens, mixed sigma, Heun)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE,
+                                                                                    uniform_fraction=1 / 3),
+                                                        known_probability=0.5, solver="heun"),
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),
@@ -148,12 +157,13 @@ def generate(method: dict, model, tokenizer, n: int, length: int, nfe: int, gene
         keep = None if known is None else ~to_generate
         ids = sample_peer(method["kind"], model, n, length, len(tokenizer), nfe, generator, known, keep)
         return ids_to_texts(tokenizer, ids)  # as the pipeline decodes: unk stays visible
-    scheduler = BinaryFlowMatchScheduler(prediction_type=method["recipe"].prediction_type)
+    solver = method.get("solver", "euler")
+    scheduler = BinaryFlowMatchScheduler(prediction_type=method["recipe"].prediction_type, solver=solver)
     pipe = BinaryFlowSequencePipeline(denoiser=model, scheduler=scheduler, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     conditioning = {} if known is None else {"input_ids": known, "infill_mask": to_generate.long()}
-    return pipe(batch_size=n, sequence_length=length, num_inference_steps=nfe, generator=generator,
-                **conditioning).sequences
+    return pipe(batch_size=n, sequence_length=length, num_inference_steps=steps_for(solver, nfe),
+                generator=generator, **conditioning).sequences
 
 
 def infill_prompts(task, texts: list[str], tokenizer, length: int, seed: int) -> dict:

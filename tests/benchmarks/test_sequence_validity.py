@@ -96,3 +96,27 @@ def test_runs_of_single_methods_combine_into_one_report(smoke, tmp_path):
 def _write(path: Path, obj: dict) -> Path:
     path.write_text(json.dumps(obj))
     return path
+
+
+@pytest.mark.parametrize("nfe", [1, 4, 7])
+def test_a_heun_method_samples_within_its_evaluations_and_keeps_the_known_tokens(nfe):
+    """Heun's N steps take 2N - 1 evaluations: the most that fit in the NFE; infill keeps every given token."""
+    import torch
+    from types import SimpleNamespace
+
+    from diffusers_binflow.sequences import tokenize_to_length, train_tokenizer
+
+    method = sequence_validity.METHODS["ours (BCE, known tokens, Heun)"]
+    texts = ["17+25=42", "3+4=7"]
+    tokenizer = train_tokenizer(texts, "char")
+    size = SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2)
+    model = sequence_validity.build_model(method, len(tokenizer), 8, size).eval()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    known = tokenize_to_length(tokenizer, texts, 8)
+    to_generate = torch.zeros_like(known, dtype=torch.bool)
+    to_generate[:, 6:] = True
+    completions = sequence_validity.generate(method, model, tokenizer, 2, 8, nfe, torch.Generator().manual_seed(0),
+                                             known, to_generate)
+    assert len(calls) == 2 * ((nfe + 1) // 2) - 1 <= nfe
+    assert [text[:6] for text in completions] == [text[:6] for text in texts]
