@@ -20,6 +20,8 @@ a position carries:
 - ours (BCE, known tokens): the same with a `known_conditioning` denoiser, trained to read given tokens exactly
   (half the sequences are given their positions at a random rate, `sample_known_mask`), which infilling uses: the
   sequence script's default;
+- ours (BCE, known tokens and spans): the same, with half of the given sequences given all but one random span
+  (`sample_known_mask(span_fraction=0.5)`), the shape of an infill prompt;
 - ours (BCE, known tokens, Heun): the same model sampled with Heun's solver, its N steps taking 2N - 1 of the NFE;
 - ours (BCE, known tokens, mixed sigma, Heun): trained with a third of the sigmas uniform (`uniform_fraction`
   1/3, the density that covers both ends on the exact distributions), sampled with Heun;
@@ -71,6 +73,8 @@ METHODS = {
     "ours (BCE)": dict(kind="bits", recipe=SEQUENCE_RECIPE),
     "ours (BCE, uniform sigma)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, timestep_sampling="uniform")),
     "ours (BCE, known tokens)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5),
+    "ours (BCE, known tokens and spans)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5,
+                                               known_span_fraction=0.5),
     "ours (BCE, known tokens, Heun)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5,
                                            solver="heun"),
     "ours (BCE, known tokens, mixed sigma, Heun)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE,
@@ -91,7 +95,8 @@ def method_loss(method: dict, vocab_size: int):
 
     def loss(model, batch, generator):
         bits = model.codec.encode(batch)
-        given = known_tokens_for_training(bits, method.get("known_probability", 0), config.bit_scale, generator)
+        given = known_tokens_for_training(bits, method.get("known_probability", 0), config.bit_scale, generator,
+                                          method.get("known_span_fraction", 0.0))
         return flow_matching_loss(model, bits, config, generator=generator, model_kwargs=given).loss
 
     return loss

@@ -180,23 +180,33 @@ def with_known_tokens(sample: torch.Tensor, known_signal: torch.Tensor | None, k
 
 
 def sample_known_mask(batch_size: int, length: int, probability: float, generator: torch.Generator | None = None,
-                      device=None) -> torch.Tensor:
-    """Which tokens a `known_conditioning` model is given in training, (B, L) bool: with `probability` a sequence
-    keeps each position independently with its own rate ``r ~ U(0, 1)`` (scattered positions; a prefix or an
-    infill is one of these subsets), otherwise none. Drawn from `generator`."""
+                      device=None, span_fraction: float = 0.0) -> torch.Tensor:
+    """Which tokens a `known_conditioning` model is given in training, (B, L) bool. With `probability` a sequence is
+    given some: with `span_fraction` of those, every position but one contiguous span (start ~ U{0, ..., L - 1},
+    length ~ U{1, ..., L - start}: an answer, a suffix or a gap to fill in), otherwise each position independently
+    with its own rate ``r ~ U(0, 1)`` (scattered positions). Without it, none. Drawn from `generator`; with
+    `span_fraction` 0 the draws are those of the scattered masks alone."""
     has_known = torch.rand(batch_size, 1, generator=generator, device=device) < probability
     rate = torch.rand(batch_size, 1, generator=generator, device=device)
-    return has_known & (torch.rand(batch_size, length, generator=generator, device=device) < rate)
+    known = torch.rand(batch_size, length, generator=generator, device=device) < rate
+    if span_fraction > 0:
+        start, extent, use_span = torch.rand(3, batch_size, 1, generator=generator, device=device)
+        start = (start * length).floor()
+        end = start + 1 + (extent * (length - start)).floor()
+        positions = torch.arange(length, device=device)
+        known = torch.where(use_span < span_fraction, (positions < start) | (positions >= end), known)
+    return has_known & known
 
 
 def known_tokens_for_training(bits: torch.Tensor, probability: float, bit_scale: float,
-                              generator: torch.Generator | None = None) -> dict:
+                              generator: torch.Generator | None = None, span_fraction: float = 0.0) -> dict:
     """The `known_signal` / `known_mask` model kwargs of a training batch of bits (B, L, num_bits) (`sample_known_mask`
-    with `probability`), or none when `probability` is 0 (a denoiser without `known_conditioning`)."""
+    with `probability` and `span_fraction`), or none when `probability` is 0 (a denoiser without
+    `known_conditioning`)."""
     if probability == 0:
         return {}
     return {"known_signal": bits_to_signal(bits, bit_scale),
-            "known_mask": sample_known_mask(*bits.shape[:2], probability, generator, bits.device)}
+            "known_mask": sample_known_mask(*bits.shape[:2], probability, generator, bits.device, span_fraction)}
 
 
 # Encoder sizes: `tiny` trains on one CPU thread in minutes, `small` and `base` want a GPU.
