@@ -68,16 +68,16 @@ from diffusers_binflow.training_runs import (
 logger = logging.getLogger(__name__)
 SCRIPT = "train_sequence"
 # Options a resumed run must share with the run that wrote the checkpoint.
-RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "known_probability", "known_span_fraction", "max_length", *RECIPE_OPTIONS,
-                  "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "use_ema", "task",
-                  "max_operand", "train_file", "tokenizer_name_or_path", "tokenizer_type", "tokenizer_vocab_size",
-                  "pretrained_model_name_or_path")
+RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "known_probability", "known_span_fraction",
+                  "max_length", *RECIPE_OPTIONS, "seed", "train_batch_size", "gradient_accumulation_steps",
+                  "learning_rate", "use_ema", "task", "max_operand", "train_file", "tokenizer_name_or_path",
+                  "tokenizer_type", "tokenizer_vocab_size", "pretrained_model_name_or_path")
 # The training options a model card reports.
 CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code",
-                 "known_probability", "known_span_fraction", "max_length", "prediction_type", "loss_space", "loss_type", "timestep_sampling",
-                 "logit_mean", "logit_std", "uniform_fraction", "likelihood_cap", "bit_scale", "self_conditioning",
-                 "train_batch_size", "learning_rate", "use_ema", "seed", "sampling_likelihood_cap",
-                 "num_inference_steps")
+                 "known_probability", "known_span_fraction", "max_length", "prediction_type", "loss_space",
+                 "loss_type", "timestep_sampling", "logit_mean", "logit_std", "uniform_fraction", "likelihood_cap",
+                 "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema", "seed",
+                 "sampling_likelihood_cap", "num_inference_steps")
 
 
 def parse_args(argv=None):
