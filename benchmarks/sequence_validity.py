@@ -18,10 +18,9 @@ a position carries:
   `num_inference_steps` = NFE, threshold at the end);
 - ours (BCE, uniform sigma): the same under uniform sigma, the paper's recipe and this benchmark's earlier default;
 - ours (BCE, known tokens): the same with a `known_conditioning` denoiser, trained to read given tokens exactly
-  (half the sequences are given their positions at a random rate, `sample_known_mask`), which infilling uses: the
-  sequence script's default;
+  (half the sequences are given their positions at a random rate, `sample_known_mask`), which infilling uses;
 - ours (BCE, known tokens and spans): the same, with half of the given sequences given all but one random span
-  (`sample_known_mask(span_fraction=0.5)`), the shape of an infill prompt;
+  (`sample_known_mask(span_fraction=0.5)`), the shape of an infill prompt: the sequence script's default;
 - ours (BCE, known tokens, Heun): the same model sampled with Heun's solver, its N steps taking 2N - 1 of the NFE;
 - ours (BCE, known tokens, mixed sigma, Heun): trained with a third of the sigmas uniform (`uniform_fraction`
   1/3, the density that covers both ends on the exact distributions), sampled with Heun;

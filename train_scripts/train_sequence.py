@@ -106,7 +106,7 @@ def parse_args(argv=None):
     model.add_argument("--known_span_fraction", type=float, default=0.5,
                        help="Share of those sequences given all but one random contiguous span (an answer, a suffix, "
                             "a gap: the shape of an infill prompt) instead of scattered positions. 0.5 completes "
-                            "held-out a+b= prompts 8 points more often than 0 (BENCHMARKS.md, issue 14).")
+                            "held-out a+b= prompts 6-10 points more often than 0 (BENCHMARKS.md, fifth stop).")
     model.add_argument("--pretrained_model_name_or_path",
                        help="Fine-tune a saved BinaryFlowSequencePipeline (folder or Hub id); its tokenizer is used.")
     # Cross-entropy on per-bit logits, sigma around 0.5: what benchmarks/sequence_validity.py measured best.

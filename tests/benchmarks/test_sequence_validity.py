@@ -107,7 +107,7 @@ def test_a_heun_method_samples_within_its_evaluations_and_keeps_the_known_tokens
     from diffusers_binflow.sequences import tokenize_to_length, train_tokenizer
 
     method = sequence_validity.METHODS["ours (BCE, known tokens, Heun)"]
-    texts = ["17+25=42", "3+4=7"]
+    texts = ["17+25=42", "13+14=27"]  # six given characters each, none of them padding
     tokenizer = train_tokenizer(texts, "char")
     size = SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2)
     model = sequence_validity.build_model(method, len(tokenizer), 8, size).eval()

@@ -103,6 +103,12 @@ def test_known_masks_for_training_give_a_share_of_sequences_scattered_known_toke
                        sample_known_mask(8, 5, 0.5, torch.Generator().manual_seed(1)))
 
 
+def hidden_runs(mask: torch.Tensor) -> torch.Tensor:
+    """How many contiguous runs of hidden (not given) positions each row of a known mask has."""
+    hidden = ~mask
+    return ((hidden[:, 1:] != hidden[:, :-1]).sum(1) + hidden[:, 0].long() + hidden[:, -1].long()) // 2
+
+
 def test_span_masks_hide_one_contiguous_span_and_leave_the_scattered_draws_alone():
     """With span_fraction 1 every given sequence hides exactly one non-empty contiguous span: answers, suffixes and
     gaps alike; with a share of 0.5 about half the given sequences are spans; with 0 the draws are the old ones."""
@@ -110,13 +116,12 @@ def test_span_masks_hide_one_contiguous_span_and_leave_the_scattered_draws_alone
     mask = sample_known_mask(3000, length, 1.0, torch.Generator().manual_seed(0), span_fraction=1.0)
     hidden = ~mask
     assert hidden.any(1).all()
-    changes = (hidden[:, 1:] != hidden[:, :-1]).sum(1) + hidden[:, 0].long() + hidden[:, -1].long()
-    assert (changes == 2).all(), "the hidden positions form one run"
+    assert (hidden_runs(mask) == 1).all(), "the hidden positions form one run"
     starts, ends = hidden.float().argmax(1), length - hidden.flip(1).float().argmax(1)
     assert (starts == 0).any() and (ends == length).any() and ((starts > 0) & (ends < length)).any()
     assert (ends == length).float().mean().item() > 0.2, "suffixes (prefix completion) are common"
     mixed = sample_known_mask(4000, length, 1.0, torch.Generator().manual_seed(1), span_fraction=0.5)
-    one_run = ((~mixed)[:, 1:] != (~mixed)[:, :-1]).sum(1) + (~mixed)[:, 0].long() + (~mixed)[:, -1].long() == 2
+    one_run = hidden_runs(mixed) == 1
     # a scattered mask is one run too only by chance (0.19 here), so a share of 0.5 gives 0.5 + 0.5 * 0.19 = 0.59
     assert 0.55 < one_run.float().mean().item() < 0.64
     for seed in range(3):

@@ -137,6 +137,19 @@ def test_checkpoints_that_are_not_this_runs_are_refused(workdir, reference_runs,
         check_checkpoint_matches(older, "train_binary_flow", {**options, "self_conditioning": True}, 1)
     with pytest.raises(ValueError, match="--likelihood_cap 50.0 vs 2.0"):
         check_checkpoint_matches(older, "train_binary_flow", {**options, "likelihood_cap": 2.0}, 1)
+    # A sequence checkpoint from before infill spans was trained with none: resuming it under the new default
+    # (0.5) is refused by name, and with --known_span_fraction 0 accepted.
+    sequence_script = load_script("train_sequence")
+    sequence_options = run_options(sequence_script.parse_args(
+        ["--output_dir", "x", *small_run_options("train_sequence", workdir), *RUN]), sequence_script.RESUME_OPTIONS)
+    older_sequence = tmp_path / "older_sequence" / "checkpoint-9"
+    older_sequence.mkdir(parents=True)
+    state = json.loads((sequence / "checkpoint-9" / "training_state.json").read_text())
+    del state["options"]["known_span_fraction"]
+    (older_sequence / "training_state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="--known_span_fraction 0.0 vs 0.5"):
+        check_checkpoint_matches(older_sequence, "train_sequence", sequence_options, 1)
+    check_checkpoint_matches(older_sequence, "train_sequence", {**sequence_options, "known_span_fraction": 0.0}, 1)
     (tmp_path / "checkpoint-5").mkdir()
     with pytest.raises(ValueError, match="is not a complete checkpoint"):
         resolve_checkpoint(str(tmp_path / "checkpoint-5"), tmp_path)
