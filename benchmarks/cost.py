@@ -8,10 +8,12 @@ sampling, noising, the network, the x-space cross-entropy of `binary_flow_loss`)
 written inline (uniform t, x_t = (1 - t) x + t eps, MSE to eps - x), same UNet2DModel body, batch and optimiser.
 Sampling: `BinaryFlowPipeline` with `BinaryFlowMatchScheduler` (NFE Euler steps, the default likelihood cap, bits
 out) against a plain loop over diffusers' `FlowMatchEulerDiscreteScheduler` (network, `scheduler.step`, threshold).
-The two sides alternate round by round so that load on the machine hits both alike; each ratio is median(ours) /
-median(plain). Also reported: the share of our training step spent in the loss (`binary_flow_loss`, forward) and of
-our sampling spent in `BinaryFlowMatchScheduler.step`. The training side times single optimiser steps, so it keeps
-its own two step closures rather than the benchmarks' `train_loop`.
+The two sides alternate round by round, which one goes first swapping every round, so that load on the machine and
+caches hit both alike; each ratio is the median over rounds of that round's ours / plain, with its quartiles (the
+spread of the paired ratios, a measure of how far the median can be trusted). Also reported: the share of our
+training step spent in the loss (`binary_flow_loss`, forward) and of our sampling spent in
+`BinaryFlowMatchScheduler.step`. The training side times single optimiser steps, so it keeps its own two step
+closures rather than the benchmarks' `train_loop`.
 
 Writes cost.json and cost.md into --output_dir.
 """
@@ -114,13 +116,25 @@ def sampling_runs(model, batch: int, nfe: int):
 
 
 def alternate(ours, plain, rounds: int) -> tuple[list[float], list[float]]:
-    """Wall times of `rounds` alternating calls of each (after one untimed warm-up call of each)."""
+    """Wall times of `rounds` rounds of one call of each (after one untimed warm-up call of each); the side that
+    goes first swaps every round."""
     ours(), plain()
     times_ours, times_plain = [], []
-    for _ in range(rounds):
-        times_ours.append(timed(ours))
-        times_plain.append(timed(plain))
+    for i in range(rounds):
+        if i % 2:
+            times_plain.append(timed(plain))
+            times_ours.append(timed(ours))
+        else:
+            times_ours.append(timed(ours))
+            times_plain.append(timed(plain))
     return times_ours, times_plain
+
+
+def paired_ratio(times_ours: list[float], times_plain: list[float]) -> dict:
+    """Median and quartiles of the per-round ratios ours / plain."""
+    ratios = [a / b for a, b in zip(times_ours, times_plain)]
+    low, median, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return {"ratio": median, "ratio_quartiles": [low, high]}
 
 
 def markdown(result: dict) -> str:
@@ -128,14 +142,17 @@ def markdown(result: dict) -> str:
     return "\n".join([
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}; {cfg['threads']} thread(s); {cfg['parameters']:,}-parameter UNet2DModel; "
-        f"{cfg['rounds']} alternating rounds; medians.",
+        f"{cfg['rounds']} rounds, alternating (the side that goes first swapping each round); medians, and the "
+        f"quartiles of the per-round ratios.",
         "",
         "| | ours | plain FlowMatchEuler loop | ratio (ours / plain) |",
         "|---|---|---|---|",
         f"| training step (batch {cfg['batch_size']}) | {t['ours_seconds']*1000:.1f} ms | "
-        f"{t['plain_seconds']*1000:.1f} ms | {t['ratio']:.3f} |",
+        f"{t['plain_seconds']*1000:.1f} ms | {t['ratio']:.3f} ({t['ratio_quartiles'][0]:.3f}-"
+        f"{t['ratio_quartiles'][1]:.3f}) |",
         f"| sampling (batch {cfg['sample_batch']}, NFE {cfg['nfe']}) | {s['ours_samples_per_second']:.1f} samples/s | "
-        f"{s['plain_samples_per_second']:.1f} samples/s | {s['ratio']:.3f} (time) |",
+        f"{s['plain_samples_per_second']:.1f} samples/s | {s['ratio']:.3f} ({s['ratio_quartiles'][0]:.3f}-"
+        f"{s['ratio_quartiles'][1]:.3f}; time) |",
         "",
         f"Share of our training step spent in `binary_flow_loss` (forward): {t['loss_share']:.2%}. "
         f"Share of our sampling spent in `BinaryFlowMatchScheduler.step`: {s['scheduler_share']:.2%}.",
@@ -181,10 +198,10 @@ def main(argv=None):
                    "nfe": args.nfe, "threads": args.threads, "smoke": args.smoke,
                    "parameters": sum(p.numel() for p in model.parameters())},
         "training": {"ours_seconds": median_train[0], "plain_seconds": median_train[1],
-                     "ratio": median_train[0] / median_train[1], "loss_share": loss_share,
+                     **paired_ratio(train_ours, train_plain), "loss_share": loss_share,
                      "ours_all": train_ours, "plain_all": train_plain},
         "sampling": {"ours_seconds": median_sample[0], "plain_seconds": median_sample[1],
-                     "ratio": median_sample[0] / median_sample[1],
+                     **paired_ratio(sample_ours, sample_plain),
                      "ours_samples_per_second": args.sample_batch / median_sample[0],
                      "plain_samples_per_second": args.sample_batch / median_sample[1],
                      "scheduler_share": scheduler_share, "ours_all": sample_ours, "plain_all": sample_plain},

@@ -3,11 +3,13 @@
     python -m benchmarks.mimo_ber                 # full run: trains the models it lacks, then measures
     python -m benchmarks.mimo_ber --smoke         # seconds: tiny systems and models, a few thousand bits
 
-Systems: 4x4 QPSK over i.i.d. and Kronecker-correlated (rho = 0.7) Rayleigh channels (8 bits per channel use;
-exhaustive ML is the reference), 8x8 16-QAM (32 bits) and 16x16 QPSK (32 bits; K-best). The classical detectors are
-Sionna's but EP (`diffusers_binflow.mimo.detectors`). Our
-models (BCE x-loss, MSE x-loss and the misaligned x-prediction + v-loss) are trained by
-`train_scripts/train_mimo.py` into --models_dir unless a trained one is already there; the commands are recorded.
+Systems: 4x4 QPSK over i.i.d. and Kronecker-correlated (rho = 0.7) Rayleigh channels and with imperfect channel
+knowledge (the receiver sees H + E, E i.i.d. CN(0, 0.02); 8 bits per channel use; exhaustive ML on the estimate is
+the reference), 8x8 16-QAM (32 bits) and 16x16 QPSK (32 bits; K-best). The classical detectors are Sionna's but EP
+(`diffusers_binflow.mimo.detectors`), all fed the channel estimate as if it were exact. Our models (BCE x-loss, MSE
+x-loss and the misaligned x-prediction + v-loss) are trained by `train_scripts/train_mimo.py` into --models_dir
+(on the system's channel, estimate included) unless this run's command already trained one there; the commands
+are recorded.
 Ours is measured in two ways: one step (the denoiser's P(bit | y) at sigma = 1, thresholded) and as a list detector
 over posterior samples (`aggregation="likelihood"`: the sample closest to y in ``||y - H s||^2``); the NFE column
 counts network evaluations per channel use (steps x samples).
@@ -45,6 +47,7 @@ from .reporting import command_line, pyplot, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "train_scripts" / "train_mimo.py"
+TRAINED_BY = "benchmark_command.txt"  # in a model folder: the options that trained it
 TARGET_BER = 1e-3
 RECIPES = {  # name -> recipe options of train_mimo.py
     "bce": ["--prediction_type", "logits", "--loss_type", "bce"],
@@ -76,9 +79,13 @@ def systems(smoke: bool) -> list[dict]:
              snr_db=[8.0, 12.0, 16.0, 20.0, 24.0], classic=["lmmse", "ep", "ml", "kbest-16"], recipes=["bce", "mse"],
              ours=[(1, 1, "mean"), (4, 16, "likelihood")],
              train=["--train_batch_size", "256", "--max_train_steps", "10000", "--eval_snr_db", "16,20"]),
+        dict(name="4x4 QPSK, CSI error 0.02", num_tx=4, num_rx=4, modulation="qpsk", channel={"csi_error_var": 0.02},
+             snr_db=[8.0, 12.0, 16.0, 20.0, 24.0], classic=["lmmse", "ep", "ml", "kbest-16"], recipes=["bce"],
+             ours=[(1, 1, "mean"), (4, 16, "likelihood")],
+             train=["--train_batch_size", "256", "--max_train_steps", "10000", "--eval_snr_db", "16,20"]),
         dict(name="8x8 16-QAM", num_tx=8, num_rx=8, modulation="16qam", snr_db=[12.0, 16.0, 20.0, 24.0, 28.0],
              classic=["lmmse", "ep", "kbest-16", "kbest-64"], recipes=["bce"],
-             ours=[(1, 1, "mean"), (2, 4, "likelihood")],
+             ours=[(1, 1, "mean"), (2, 4, "likelihood"), (2, 16, "likelihood")],
              train=["--train_batch_size", "256", "--max_train_steps", "4000", "--snr_db_min", "8",
                     "--snr_db_max", "30", "--eval_snr_db", "16,24"]),
         dict(name="16x16 QPSK", num_tx=16, num_rx=16, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0],
@@ -96,18 +103,26 @@ def classic_detector(name: str, modulation):
     return lambda y, H, n0: functions[name](y, H, n0, modulation).bits
 
 
-def train_model(system: dict, recipe: str, models_dir: Path, smoke: bool) -> dict:
-    """Train (unless already trained) on the system's channel and return the command, the model folder and its
-    training summary."""
+def train_model(system: dict, recipe: str, models_dir: Path, smoke: bool, max_train_steps: int | None = None) -> dict:
+    """Train (unless this very command already trained it) on the system's channel and return the command, the model
+    folder and its training summary."""
     slug = system["name"].lower().replace(",", "").replace(" ", "-")
     folder = models_dir / f"{slug}-{recipe}"
     channel = [f"--{option}={value}" for option, value in system.get("channel", {}).items()]
+    steps = [] if max_train_steps is None else ["--max_train_steps", str(max_train_steps)]  # the last one counts
     command = [sys.executable, str(TRAIN_SCRIPT), "--output_dir", str(folder), "--num_tx", str(system["num_tx"]),
                "--num_rx", str(system["num_rx"]), "--modulation", system["modulation"], *channel, *RECIPES[recipe],
-               *COMMON_TRAIN, *system["train"], *(SMOKE_TRAIN if smoke else [])]
+               *COMMON_TRAIN, *system["train"], *(SMOKE_TRAIN if smoke else []), *steps]
+    recorded = folder / TRAINED_BY
     if not (folder / "training_summary.json").is_file():
         print("training:", shlex.join(command), flush=True)
         subprocess.run(command, check=True, capture_output=smoke)
+        recorded.write_text(shlex.join(command[2:]))
+    elif not recorded.is_file() or recorded.read_text() != shlex.join(command[2:]):
+        # Reusing a model trained otherwise (other steps, channel or recipe) would report it under this command.
+        raise SystemExit(f"{folder} holds a model trained by another command than this run's ({recorded.name}: "
+                         f"{recorded.read_text() if recorded.is_file() else 'absent'}); pass another --models_dir "
+                         f"or delete it.")
     summary = json.loads((folder / "training_summary.json").read_text())
     return {"folder": str(folder), "command": shlex.join(command[1:]),
             **{k: summary[k] for k in ("optimizer_steps", "train_seconds", "num_parameters", "final_training_loss")}}
@@ -154,7 +169,8 @@ def run(args, argv=None) -> dict:
         # Only the recipes with a selected detector are trained and loaded.
         recipes = [recipe for recipe in system["recipes"]
                    if any(selected(f"ours-{recipe} ({label})", args.detectors) for label in labels.values())]
-        entry["models"] = {recipe: train_model(system, recipe, Path(args.models_dir), args.smoke) for recipe in recipes}
+        entry["models"] = {recipe: train_model(system, recipe, Path(args.models_dir), args.smoke, args.max_train_steps)
+                           for recipe in recipes}
         detectors = [(name, 0, classic_detector(name, modulation)) for name in system["classic"]]
         for recipe in recipes:
             pipe = BinaryFlowMIMOPipeline.from_pretrained(entry["models"][recipe]["folder"])
@@ -248,7 +264,11 @@ def main(argv=None):
                         help='Only these detectors: classic names ("ml") or our labels without their settings '
                              '("ours-bce" selects every ours-bce row); only the recipes selected are trained.')
     parser.add_argument("--snr_db", type=float, nargs="+", default=None, help="Replace each system's SNR grid.")
+    parser.add_argument("--max_train_steps", type=int, default=None,
+                        help="Train each model this many steps instead of its system's (a doubling check).")
     args = parser.parse_args(argv)
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        parser.error(f"--max_train_steps must be at least 1, got {args.max_train_steps}.")
     if args.smoke:
         args.max_bits, args.batch_size, args.max_seconds = min(args.max_bits, 4096), min(args.batch_size, 256), 5.0
     result = run(args, argv)

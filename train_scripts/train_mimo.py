@@ -59,16 +59,15 @@ logger = logging.getLogger(__name__)
 SCRIPT = "train_mimo"
 # Options a resumed run must share with the run that wrote the checkpoint.
 RESUME_OPTIONS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "correlation", "csi_error_var",
-                  "hidden_size", "num_layers",
-                  "num_heads", "mlp_ratio", "ep_iterations", *RECIPE_OPTIONS, "seed", "train_batch_size",
-                  "gradient_accumulation_steps", "learning_rate", "use_ema")
+                  "hidden_size", "num_layers", "num_heads", "mlp_ratio", "ep_iterations", "multilevel_cavities",
+                  *RECIPE_OPTIONS, "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                  "use_ema")
 # The training options a MIMO model card reports, in this order.
 CARD_SETTINGS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "correlation", "csi_error_var",
-                 "hidden_size", "num_layers",
-                 "num_heads", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction",
-                 "likelihood_cap", "v_clamp", "weighting_max", "self_conditioning", "train_batch_size",
-                 "max_train_steps", "learning_rate", "lr_scheduler", "use_ema", "seed", "solver",
-                 "sampling_likelihood_cap", "num_inference_steps")
+                 "hidden_size", "num_layers", "num_heads", "ep_iterations", "multilevel_cavities", "prediction_type",
+                 "loss_space", "loss_type", "timestep_sampling", "uniform_fraction", "likelihood_cap", "v_clamp",
+                 "weighting_max", "self_conditioning", "train_batch_size", "max_train_steps", "learning_rate",
+                 "lr_scheduler", "use_ema", "seed", "solver", "sampling_likelihood_cap", "num_inference_steps")
 # Exhaustive ML is the reference up to this many bits per channel use; K-best beyond.
 ML_MAX_BITS = 16
 
@@ -92,7 +91,10 @@ def parse_args(argv=None):
     model.add_argument("--num_heads", type=int, default=4)
     model.add_argument("--mlp_ratio", type=float, default=2.0)
     model.add_argument("--ep_iterations", type=int, default=EP_ITERATIONS,
-                       help="Expectation-propagation iterations of the cavity the network corrects (BPSK/QPSK).")
+                       help="Expectation-propagation iterations of the cavities the network corrects.")
+    model.add_argument("--multilevel_cavities", action=argparse.BooleanOptionalAction, default=None,
+                       help="EP cavities for more than one bit per real symbol (default: on for 16-QAM and 64-QAM; "
+                            "BPSK and QPSK models always have theirs). Runs checkpointed before it existed had none.")
     # Cross-entropy on per-bit logits (independent symbols) under uniform sigma: what benchmarks/mimo_ber.py measured.
     add_recipe_arguments(model, prediction_types=("sample", "logits"), prediction_type="logits", loss_type="bce",
                          timestep_sampling="uniform")
@@ -127,6 +129,11 @@ def parse_args(argv=None):
         parser.error(f"--correlation must be in [0, 1), got {args.correlation}.")
     if not 0 <= args.csi_error_var < float("inf"):
         parser.error(f"--csi_error_var must be a finite number >= 0, got {args.csi_error_var}.")
+    if args.multilevel_cavities is None:  # what the model gets; for one bit per real symbol it means nothing
+        args.multilevel_cavities = get_modulation(args.modulation).bits_per_real > 1
+    if args.bit_scale != 1:
+        parser.error(f"--bit_scale must be 1 for MIMO (the denoiser's EP cavities read bits as -1 and 1), got "
+                     f"{args.bit_scale}.")
     if args.max_train_seconds is not None and not args.max_train_seconds > 0:
         parser.error(f"--max_train_seconds must be positive, got {args.max_train_seconds}.")
     try:
@@ -141,7 +148,8 @@ def main(args):
     model = MIMOFlowTransformer(num_tx=args.num_tx, num_rx=args.num_rx, modulation=args.modulation,
                                 hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
                                 mlp_ratio=args.mlp_ratio, prediction_type=args.prediction_type,
-                                ep_iterations=args.ep_iterations, self_conditioning=args.self_conditioning)
+                                ep_iterations=args.ep_iterations, self_conditioning=args.self_conditioning,
+                                multilevel_cavities=args.multilevel_cavities)
     prepare_model(model, args)
 
     run = start_run(args, SCRIPT, RESUME_OPTIONS, tracker_name="binary_flow_mimo")

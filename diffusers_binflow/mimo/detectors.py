@@ -103,12 +103,16 @@ def _from_llrs(llrs: torch.Tensor) -> DetectionOutput:
     return DetectionOutput(bits=(llrs > 0).to(llrs.dtype), llrs=llrs)
 
 
-def pam_llrs(estimate: torch.Tensor, variance: torch.Tensor, modulation: Modulation) -> torch.Tensor:
-    """Exact per-bit LLRs of real symbols observed as ``estimate = s + e``, ``e ~ N(0, variance)``, uniform prior.
+def pam_llrs(estimate: torch.Tensor, variance: torch.Tensor, modulation: Modulation,
+             log_prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact per-bit LLRs of real symbols observed as ``estimate = s + e``, ``e ~ N(0, variance)``.
 
-    `estimate` and `variance` are (B, n); the result is (B, n * bits_per_real)."""
+    `estimate` and `variance` are (B, n); the result is (B, n * bits_per_real). The prior over each symbol's levels
+    is uniform, or ``softmax(log_prior)`` with `log_prior` (B, n, M) in `Modulation.constellation`'s level order."""
     levels, labels = modulation.constellation(estimate.device, estimate.dtype)
     log_lik = -(estimate[..., None] - levels) ** 2 / (2 * variance[..., None])  # (B, n, M)
+    if log_prior is not None:
+        log_lik = log_lik + log_prior
     ones = labels.bool().T  # (m, M)
     llr = [torch.logsumexp(log_lik[..., bit], -1) - torch.logsumexp(log_lik[..., ~bit], -1) for bit in ones]
     return torch.stack(llr, -1).flatten(-2)
@@ -131,12 +135,21 @@ def lmmse_estimate(y, H, noise_var, modulation) -> tuple[torch.Tensor, torch.Ten
     return x / mu, modulation.energy_per_real * (1 - mu) / mu
 
 
+def _level_moments(log_weights: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance (floored at `EP_MIN_VARIANCE`) of the distribution ``softmax(log_weights)`` over `levels`."""
+    weights = torch.softmax(log_weights, -1)
+    mean = (weights * levels).sum(-1)
+    return mean, (weights * (levels - mean[..., None]) ** 2).sum(-1).clamp_min(EP_MIN_VARIANCE)
+
+
 def gaussian_ep_cavities(precision: torch.Tensor, linear: torch.Tensor, levels: torch.Tensor, iterations: int,
-                         damping: float = EP_DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expectation propagation for ``p(s) ∝ exp(-s^T A s / 2 + s^T b) prod_j 1[s_j in levels]`` (equiprobable levels).
+                         damping: float = EP_DAMPING, log_prior: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expectation propagation for ``p(s) ∝ exp(-s^T A s / 2 + s^T b) prod_j pi_j(s_j)``, ``pi_j`` a discrete prior
+    over `levels` (equiprobable, or ``softmax(log_prior[..., j, :])``).
 
     Each discrete prior factor is replaced by a Gaussian site ``exp(-Lambda_j s_j^2 / 2 + gamma_j s_j)``, starting
-    from the moments of the uniform prior over `levels`. An iteration computes the Gaussian posterior
+    from the moments of the prior. An iteration computes the Gaussian posterior
     ``N((A + diag Lambda)^-1 (b + gamma), (A + diag Lambda)^-1)``, removes each site to get the cavity
     ``N(t_j, v_j)``, matches the mean and variance of the cavity times the discrete prior, and moves the sites
     (damped) to the site that reproduces them; sites that would turn negative are kept (Céspedes et al., 2014).
@@ -147,6 +160,8 @@ def gaussian_ep_cavities(precision: torch.Tensor, linear: torch.Tensor, levels: 
         levels (`torch.Tensor` of shape (M,)): The values each ``s_j`` can take.
         iterations (`int`): EP iterations; 0 returns the cavities of the Gaussian prior with the prior's moments.
         damping (`float`): Weight of the new site in each update, in (0, 1].
+        log_prior (`torch.Tensor` of shape (B, n, M), *optional*): Each symbol's prior log-weights over `levels`
+            (up to a constant); uniform if not given.
 
     Returns:
         The cavity means ``t`` and variances ``v``, each (B, n): the evidence about ``s_j`` from everything but its
@@ -155,8 +170,10 @@ def gaussian_ep_cavities(precision: torch.Tensor, linear: torch.Tensor, levels: 
     dtype = precision.dtype
     precision, linear, levels = precision.double(), linear.double(), levels.double()
     eye = torch.eye(precision.shape[-1], dtype=precision.dtype, device=precision.device)
-    site_precision = (1 / levels.var(unbiased=False)).expand_as(linear).clone()
-    site_linear = (levels.mean() * site_precision).expand_as(linear).clone()
+    log_prior = torch.zeros(*linear.shape, len(levels), dtype=linear.dtype, device=linear.device) \
+        if log_prior is None else log_prior.double()
+    prior_mean, prior_variance = _level_moments(log_prior, levels)
+    site_precision, site_linear = 1 / prior_variance, prior_mean / prior_variance
     for step in range(iterations + 1):
         covariance = torch.linalg.inv(precision + site_precision[..., None] * eye)
         mean = (covariance @ (linear + site_linear)[..., None]).squeeze(-1)
@@ -165,9 +182,8 @@ def gaussian_ep_cavities(precision: torch.Tensor, linear: torch.Tensor, levels: 
         cavity_mean = (mean / variance - site_linear) / cavity_precision
         if step == iterations:
             return cavity_mean.to(dtype), (1 / cavity_precision).to(dtype)
-        weights = torch.softmax(-(cavity_mean[..., None] - levels) ** 2 * cavity_precision[..., None] / 2, -1)
-        tilted_mean = (weights * levels).sum(-1)
-        tilted_variance = ((weights * (levels - tilted_mean[..., None]) ** 2).sum(-1)).clamp_min(EP_MIN_VARIANCE)
+        tilted_mean, tilted_variance = _level_moments(
+            log_prior - (cavity_mean[..., None] - levels) ** 2 * cavity_precision[..., None] / 2, levels)
         new_precision = 1 / tilted_variance - cavity_precision
         new_linear = tilted_mean / tilted_variance - cavity_mean * cavity_precision
         keep = new_precision <= 0

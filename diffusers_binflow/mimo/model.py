@@ -11,7 +11,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .channel import check_channel_inputs, get_modulation
-from .detectors import EP_ITERATIONS, gaussian_ep_cavities, lmmse_estimate
+from .detectors import EP_ITERATIONS, gaussian_ep_cavities, lmmse_estimate, pam_llrs
 
 # The state's precision (1 - sigma)^2 / sigma^2 is capped here, where x_sigma already fixes the bits.
 MIN_FUSION_SIGMA = 1e-3
@@ -58,12 +58,12 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
     There is one token per real transmitted symbol (``bits_per_real`` bits each). A token sees its noisy bits
     ``x_sigma`` and channel features that are sufficient statistics of the linear Gaussian model, normalised so
     that they are O(1): its matched-filter output ``[H^T y]_j``, its row of the Gram matrix ``H^T H``, the
-    bias-free LMMSE estimate and its error variance (`lmmse_estimate`), and ``log N0``. For one bit per real
-    symbol (BPSK, QPSK) a token also sees its expectation-propagation cavity given both observations of the signal
-    ``x in {-1, 1}^n``: the channel, ``y = a H x + n`` (``a`` the symbol amplitude), and the flow state,
-    ``x_sigma = (1 - sigma) x + sigma eps`` (`state_cavities`); it is the EP detector at sigma = 1 and the state
-    itself at sigma = 0. Sigma (as the model timestep ``sigma * num_train_timesteps``) and ``log N0`` condition
-    every block through adaptive layer norms.
+    bias-free LMMSE estimate and its error variance (`lmmse_estimate`), and ``log N0``. A token also sees its
+    expectation-propagation cavity given both observations of the symbols: the channel, ``y = H s + n``, and the
+    flow state of their bits, ``x_sigma = (1 - sigma) x + sigma eps`` (`state_cavities`; for more than one bit per
+    real symbol only with `multilevel_cavities`); with the cavities, the prediction is the EP detector at
+    sigma = 1 and the state itself at sigma = 0 until the network learns a correction. Sigma (as the model
+    timestep ``sigma * num_train_timesteps``) and ``log N0`` condition every block through adaptive layer norms.
 
     Args:
         num_tx (`int`), num_rx (`int`): Antennas of the complex system the model detects.
@@ -71,14 +71,16 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         hidden_size (`int`), num_layers (`int`), num_heads (`int`), mlp_ratio (`float`): Transformer size.
         num_train_timesteps (`int`): The scheduler's, to read sigma off the timestep.
         prediction_type (`str`): `"logits"` or `"sample"`, what the output is (the scheduler's). With the EP
-            cavities (one bit per real symbol) the network learns a correction to the EP denoiser: its output is
-            added to the cavity LLR ``2 t_j / v_j`` (logits) or to ``tanh(t_j / v_j)`` (sample), where ``N(t_j, v_j)``
-            is the cavity of bit j.
+            cavities the network learns a correction to the EP denoiser: its output is added to each bit's LLR
+            under the cavities (logits) or to ``tanh(LLR / 2)``, the bit's expected sign (sample).
         ep_iterations (`int`): Expectation-propagation iterations of those cavities (0: the Gaussian prior's,
             i.e. the LMMSE reading of the channel and the state).
         self_conditioning (`bool`): Take ``self_conditioned_input(x_sigma, x_hat_prev)``, (B, 2 num_bits): each
             token also sees the previous estimate of its bits (self-conditioning, Bit Diffusion). The cavities
             read the state ``x_sigma`` alone.
+        multilevel_cavities (`bool`): Give the EP cavities to modulations with more than one bit per real symbol
+            (16-QAM, 64-QAM) too; without them such a model sees the LMMSE features only. Configs saved before this
+            option existed read False, as they were built.
 
     Called as ``model(sample, timestep, y=y, H=H, noise_var=N0)`` with ``sample (B, num_bits)``, real-valued
     ``y (B, 2 num_rx)`` and ``H (B, 2 num_rx, n)``; returns one value per bit, of the training's prediction type.
@@ -100,6 +102,7 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         prediction_type: str = "logits",
         ep_iterations: int = EP_ITERATIONS,
         self_conditioning: bool = False,
+        multilevel_cavities: bool = True,
     ):
         super().__init__()
         mod = get_modulation(modulation)
@@ -110,7 +113,7 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         n = mod.num_real_symbols(num_tx)
         self.num_symbols, self.bits_per_real = n, mod.bits_per_real
         self.num_bits = n * mod.bits_per_real
-        self.fuses_state = mod.bits_per_real == 1
+        self.fuses_state = mod.bits_per_real == 1 or multilevel_cavities
         if ep_iterations < 0:
             raise ValueError(f"ep_iterations must be at least 0, got {ep_iterations}.")
         # noisy bits[, previous estimate], MF, LMMSE estimate and variance, log N0, Gram row[, EP cavity mean and
@@ -148,24 +151,49 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         scalars = [matched, estimate / amplitude, (variance / mod.energy_per_real).log(), log_n0]
         return torch.cat([torch.stack(scalars, -1), gram], -1).to(self.dtype)
 
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # A saved config without `multilevel_cavities` comes from before it existed: such a model has none.
+        if "_class_name" in config_dict and "multilevel_cavities" not in config_dict:
+            config_dict = {**config_dict, "multilevel_cavities": False}
+        return super().extract_init_dict(config_dict, **kwargs)
+
     @torch.no_grad()
     def state_cavities(self, sample: torch.Tensor, sigma: torch.Tensor, channel_features: torch.Tensor):
-        """The EP cavities of ``x in {-1, 1}^n`` (one bit per real symbol) given the channel and the state
-        ``x_sigma``: `gaussian_ep_cavities` with ``A = (a^2 / s^2) H^T H + ((1 - sigma)^2 / sigma^2) I`` and
-        ``b = (a / s^2) H^T y + ((1 - sigma) / sigma^2) x_sigma``, ``s^2 = N0 / 2``. Returns the cavity means and
-        log variances, each (B, n, 1)."""
-        amplitude = math.sqrt(get_modulation(self.config.modulation).energy_per_real)
-        num_rx = self.config.num_rx
-        gram = channel_features[..., 4:4 + self.num_symbols] * num_rx
-        matched = channel_features[..., 0] * num_rx * amplitude
+        """The EP cavities of the symbols given the channel and the state ``x_sigma`` of their bits, and each bit's
+        LLR under them.
+
+        The symbols are ``s = a u``, ``u`` the unscaled PAM levels (``a`` = `Modulation.scale`), so the channel
+        reads ``A = 2 a^2 H^T H / N0``, ``b = 2 a H^T y / N0`` (``N0 / 2`` per real dimension). With one bit per
+        real symbol ``u = x``, the state is one more Gaussian observation of it and joins the channel:
+        `gaussian_ep_cavities` with ``A + ((1 - sigma)^2 / sigma^2) I`` and ``b + ((1 - sigma) / sigma^2)
+        x_sigma``, and the bit's LLR is ``2 t_j / v_j``. With more bits, the state is a prior over each symbol's
+        levels, ``log pi_j(l) = ((1 - sigma) / sigma^2) sum_k x_k(l) x_sigma,jk`` (``x_k(l)`` the signs of level
+        l's Gray label), and the LLRs demap cavity and prior exactly (`pam_llrs`). Returns the cavity means and
+        log variances (unscaled), each (B, n, 1), and the LLRs (B, num_bits), bounded by `MAX_CAVITY_LLR`."""
+        mod = get_modulation(self.config.modulation)
+        batch, n, num_rx, scale = sample.shape[0], self.num_symbols, self.config.num_rx, mod.scale
+        gram = channel_features[..., 4:4 + n] * num_rx
+        matched = channel_features[..., 0] * num_rx * math.sqrt(mod.energy_per_real)
         noise_real = channel_features[:, 0, 3].exp()[:, None] / 2
         sigma = sigma.clamp_min(MIN_FUSION_SIGMA)[:, None]
-        eye = torch.eye(self.num_symbols, dtype=sample.dtype, device=sample.device)
-        precision = (amplitude**2 / noise_real)[..., None] * gram + ((1 - sigma) / sigma)[..., None] ** 2 * eye
-        linear = amplitude / noise_real * matched + (1 - sigma) / sigma**2 * sample
-        levels = torch.tensor([-1.0, 1.0], dtype=sample.dtype, device=sample.device)
-        mean, variance = gaussian_ep_cavities(precision, linear, levels, self.config.ep_iterations)
-        return mean[..., None], variance.log()[..., None]
+        precision = (scale**2 / noise_real)[..., None] * gram
+        linear = scale / noise_real * matched
+        levels, labels = mod.constellation(sample.device, sample.dtype)
+        levels = (levels / scale).round()  # odd integers
+        iterations = self.config.ep_iterations
+        if self.bits_per_real == 1:
+            eye = torch.eye(n, dtype=sample.dtype, device=sample.device)
+            precision = precision + ((1 - sigma) / sigma)[..., None] ** 2 * eye
+            linear = linear + (1 - sigma) / sigma**2 * sample
+            mean, variance = gaussian_ep_cavities(precision, linear, levels, iterations)
+            llrs = 2 * mean / variance
+        else:
+            signs = sample.view(batch, n, self.bits_per_real)
+            log_prior = ((1 - sigma) / sigma**2)[..., None] * signs @ (2 * labels - 1).T  # (B, n, M)
+            mean, variance = gaussian_ep_cavities(precision, linear, levels, iterations, log_prior=log_prior)
+            llrs = pam_llrs(scale * mean, scale**2 * variance, mod, log_prior=log_prior)
+        return mean[..., None], variance.log()[..., None], llrs.clamp(-MAX_CAVITY_LLR, MAX_CAVITY_LLR)
 
     def forward(
         self,
@@ -203,11 +231,10 @@ class MIMOFlowTransformer(ModelMixin, ConfigMixin):
         conditioning = self.time_embedding(self.time_proj(timestep).to(sample.dtype)) + self.noise_embedding(log_n0)
         inputs, skip = [*inputs, channel_features], 0
         if self.fuses_state:
-            mean, log_variance = self.state_cavities(sample, timestep / self.config.num_train_timesteps,
-                                                     channel_features)
+            mean, log_variance, cavity_llrs = self.state_cavities(
+                sample, timestep / self.config.num_train_timesteps, channel_features)
             inputs += [mean, log_variance]
-            cavity_llr = (2 * mean.squeeze(-1) / log_variance.squeeze(-1).exp()).clamp(-MAX_CAVITY_LLR, MAX_CAVITY_LLR)
-            skip = cavity_llr if self.config.prediction_type == "logits" else torch.tanh(cavity_llr / 2)
+            skip = cavity_llrs if self.config.prediction_type == "logits" else torch.tanh(cavity_llrs / 2)
         hidden = self.token_in(torch.cat(inputs, -1)) + self.position
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:

@@ -80,6 +80,11 @@ class BinaryFlowMIMOPipeline(StepEndCallbackMixin, SelfConditioningMixin, Binflo
                 f"The model predicts {model_type!r} but the scheduler's prediction_type is {scheduler_type!r}; use "
                 f"`BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, prediction_type={model_type!r})`."
             )
+        if self.scheduler.config.bit_scale != 1:
+            # The model's EP cavities read the state as bits at -1 and 1.
+            raise ValueError(f"The scheduler's bit_scale is {self.scheduler.config.bit_scale}, but MIMO models work at "
+                             f"bit_scale 1; use `BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, "
+                             f"bit_scale=1.0)`.")
         if modulation is not None and get_modulation(modulation).name != self.modulation:
             raise ValueError(f"The model was trained for {self.modulation}, not {get_modulation(modulation).name}.")
         for name, value in (("num_inference_steps", num_inference_steps), ("num_samples", num_samples)):

@@ -3,12 +3,14 @@
 import json
 import math
 import re
+import subprocess
+import sys
 
 import PIL.Image
 import pytest
 
 from benchmarks import mimo_ber
-from tests.benchmarks.helpers import run_benchmark
+from tests.benchmarks.helpers import ROOT, run_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,19 @@ def test_only_the_recipes_of_selected_detectors_are_trained(tmp_path):
     assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["2x2-qpsk-rho-0.5-mse"]
     entry = json.loads((tmp_path / "mimo_ber.json").read_text())["systems"][0]
     assert {p["detector"] for p in entry["points"]} == {"ours-mse (1 step)"} and set(entry["models"]) == {"mse"}
+
+
+def test_a_model_trained_by_another_command_is_refused_not_reused(smoke, tmp_path):
+    """A doubling check (--max_train_steps) pointed at the folder of the smoke run's 3-step models must not report
+    them as trained longer."""
+    out, _ = smoke
+    options = ("--smoke", "--output_dir", tmp_path, "--models_dir", out / "models", "--detectors", "ours-bce (1 step)",
+               "--snr_db", "6")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.mimo_ber", *map(str, options), "--max_train_steps", "6"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "trained by another command than this run's" in proc.stderr
+    assert "--max_train_steps 3" in (out / "models" / "2x2-qpsk-rho-0.5-bce" / mimo_ber.TRAINED_BY).read_text()
+    assert not (tmp_path / "mimo_ber.json").exists()
+    run_benchmark("mimo_ber", *options, "--max_train_steps", "6", "--models_dir", tmp_path / "models")
+    (model,) = json.loads((tmp_path / "mimo_ber.json").read_text())["systems"][0]["models"].values()
+    assert model["optimizer_steps"] == 6 and model["command"].endswith("--max_train_steps 6")

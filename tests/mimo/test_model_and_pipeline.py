@@ -136,29 +136,70 @@ def test_complex_inputs_equal_their_real_equivalent():
     assert torch.equal(a.probabilities, b.probabilities)
 
 
-def untrained_pipeline(num_tx=2, num_rx=2, **model_kwargs):
+def untrained_pipeline(num_tx=2, num_rx=2, modulation="qpsk", **model_kwargs):
     """The network's output layers start at zero: its prediction is the EP cavity's alone."""
-    model = MIMOFlowTransformer(num_tx=num_tx, num_rx=num_rx, modulation="qpsk", hidden_size=16, num_layers=1,
+    model = MIMOFlowTransformer(num_tx=num_tx, num_rx=num_rx, modulation=modulation, hidden_size=16, num_layers=1,
                                 num_heads=2, **model_kwargs)
     pipe = BinaryFlowMIMOPipeline(model=model.eval(), scheduler=BinaryFlowMatchScheduler(prediction_type="logits"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def test_a_perfect_channel_is_detected_without_error_by_the_cavity_prior():
-    batch = channel(num=50, snr_db=60.0)
-    assert torch.equal(detect(untrained_pipeline(), batch, num_inference_steps=4).bits, batch.bits)
+@pytest.mark.parametrize("modulation", ["qpsk", "16qam"])
+def test_a_perfect_channel_is_detected_without_error_by_the_cavity_prior(modulation):
+    batch = channel(num=50, modulation=modulation, snr_db=60.0)
+    assert torch.equal(detect(untrained_pipeline(modulation=modulation), batch, num_inference_steps=4).bits,
+                       batch.bits)
 
 
-def test_one_step_of_the_untrained_model_is_the_ep_detector():
+@pytest.mark.parametrize("modulation, snr_db", [("qpsk", 8.0), ("16qam", 16.0)])
+def test_one_step_of_the_untrained_model_is_the_ep_detector(modulation, snr_db):
     """At sigma = 1 the state says nothing, so the cavity is EP's on the channel alone."""
     from diffusers_binflow.mimo import expectation_propagation
 
-    batch = channel(num=200, num_tx=3, num_rx=3, snr_db=8.0)
+    batch = channel(num=200, num_tx=3, num_rx=3, modulation=modulation, snr_db=snr_db)
     for iterations in (0, 3):
-        out = detect(untrained_pipeline(3, 3, ep_iterations=iterations), batch, num_inference_steps=1)
-        ep = expectation_propagation(batch.y, batch.H, batch.noise_var, "qpsk", iterations=iterations)
+        out = detect(untrained_pipeline(3, 3, modulation, ep_iterations=iterations), batch, num_inference_steps=1)
+        ep = expectation_propagation(batch.y, batch.H, batch.noise_var, modulation, iterations=iterations)
         assert torch.allclose(out.probabilities, ep.probabilities, atol=1e-4)
+        assert 0 < (ep.bits != batch.bits).float().mean() < 0.2  # a channel where the detectors err, but rarely
+
+
+def test_the_16qam_cavities_fuse_the_state_as_a_prior_over_levels():
+    """Near the data end the state decides the bits, whatever the channel says; at sigma = 1/2 a state pointing to
+    the transmitted levels lowers the channel's error rate, one pointing away raises it."""
+    from diffusers_binflow.mimo import expectation_propagation
+
+    batch = channel(num=400, num_tx=3, num_rx=3, modulation="16qam", snr_db=10.0)
+    model = untrained_pipeline(3, 3, "16qam").model
+    signs = 2 * batch.bits - 1
+
+    def error_rate(state, sigma):
+        logits = model(state, torch.full((400,), 1000.0 * sigma), y=batch.y, H=batch.H,
+                       noise_var=batch.noise_var).sample
+        return ((logits > 0).float() != batch.bits).float().mean().item()
+
+    channel_alone = (expectation_propagation(batch.y, batch.H, batch.noise_var, "16qam").bits != batch.bits)
+    channel_alone = channel_alone.float().mean().item()
+    assert channel_alone > 0.02
+    assert error_rate(-0.99 * signs, 0.01) == 1.0  # the state overrides the channel at the data end
+    assert error_rate(0.5 * signs, 0.5) < channel_alone / 2 < channel_alone * 2 < error_rate(-0.5 * signs, 0.5)
+
+
+def test_a_16qam_model_saved_before_multilevel_cavities_loads_as_it_was_built(tmp_path):
+    batch = channel(modulation="16qam")
+    model = MIMOFlowTransformer(num_tx=2, num_rx=2, modulation="16qam", hidden_size=16, num_layers=1, num_heads=2,
+                                multilevel_cavities=False).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.pop("multilevel_cavities") is False
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = MIMOFlowTransformer.from_pretrained(tmp_path)
+    assert loaded.config.multilevel_cavities is False and not loaded.fuses_state
+    args = (torch.randn_like(batch.bits), torch.full((6,), 300.0))
+    kwargs = dict(y=batch.y, H=batch.H, noise_var=batch.noise_var)
+    assert torch.equal(model(*args, **kwargs).sample, loaded(*args, **kwargs).sample)
+    assert MIMOFlowTransformer(num_tx=2, num_rx=2, modulation="16qam").fuses_state  # the default for new models
 
 
 def test_likelihood_aggregation_picks_the_sample_that_explains_y_best():
@@ -187,6 +228,9 @@ def test_bad_input_is_refused_with_a_reason():
         pipe(torch.randn(2, 3, dtype=torch.complex64), torch.randn(2, 3, 3, dtype=torch.complex64), 1.0)
     with pytest.raises(ValueError, match="aggregation"):
         detect(pipe, batch, aggregation="median")
+    pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, bit_scale=2.0)
+    with pytest.raises(ValueError, match="bit_scale is 2.0, but MIMO models work at bit_scale 1"):
+        detect(pipe, batch)
 
 
 def test_a_scheduler_whose_prediction_type_disagrees_with_the_model_is_refused():

@@ -73,6 +73,38 @@ def test_recipe_and_channel_options_reach_the_run(tmp_path):
     assert "| correlation | 0.5 |" in card and "correlation 0.5, CSI error variance 0.05" in card
 
 
+def test_16qam_models_get_multilevel_cavities_and_an_older_16qam_checkpoint_is_resumed_only_without_them(
+    trained, tmp_path
+):
+    from diffusers_binflow.checkpoints import check_checkpoint_matches
+    from diffusers_binflow.pipelines import BinaryFlowMIMOPipeline
+    from diffusers_binflow.training_runs import run_options
+
+    script = load_script("train_mimo")
+
+    def options(*extra):
+        return run_options(script.parse_args(["--output_dir", "x", *TINY, "--max_train_steps", "4", *extra]),
+                           script.RESUME_OPTIONS)
+
+    assert options()["multilevel_cavities"] is False and options("--modulation", "16qam")["multilevel_cavities"]
+    # Checkpoints from before the option: QPSK runs resume as before; a 16-QAM run had no cavities and says so.
+    state = json.loads((trained / "checkpoint-4" / "training_state.json").read_text())
+    del state["options"]["multilevel_cavities"]
+    older = tmp_path / "older" / "checkpoint-4"
+    older.mkdir(parents=True)
+    (older / "training_state.json").write_text(json.dumps(state))
+    check_checkpoint_matches(older, "train_mimo", options(), 1)
+    state["options"]["modulation"] = "16qam"
+    (older / "training_state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="--multilevel_cavities False vs True"):
+        check_checkpoint_matches(older, "train_mimo", options("--modulation", "16qam"), 1)
+    check_checkpoint_matches(older, "train_mimo", options("--modulation", "16qam", "--no-multilevel_cavities"), 1)
+    # Through the script: the option reaches the model and the card.
+    train(tmp_path / "qam", "--modulation", "16qam", "--max_train_steps", "1", "--no-multilevel_cavities")
+    assert not BinaryFlowMIMOPipeline.from_pretrained(tmp_path / "qam").model.fuses_state
+    assert "| multilevel_cavities | False |" in (tmp_path / "qam" / "README.md").read_text()
+
+
 def test_push_to_hub_uploads_pipeline_and_card_but_no_checkpoints(session_hub, tmp_path):
     train(tmp_path / "pushed", "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "tester/mimo-run")
     files = session_hub.files("tester/mimo-run")
@@ -88,7 +120,8 @@ def test_bad_options_are_refused(capsys):
                              (("--ep_iterations", "-1"), "--ep_iterations must be at least 0"),
                              (("--snr_db_min", "nan"), "must be finite"),
                              (("--correlation", "1"), "--correlation must be in [0, 1)"),
-                             (("--csi_error_var", "-0.1"), "--csi_error_var must be a finite number >= 0")):
+                             (("--csi_error_var", "-0.1"), "--csi_error_var must be a finite number >= 0"),
+                             (("--bit_scale", "2"), "--bit_scale must be 1 for MIMO")):
         with pytest.raises(SystemExit):
             script.parse_args(["--output_dir", "x", *TINY, *options])
         assert message in capsys.readouterr().err
