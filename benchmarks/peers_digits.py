@@ -138,8 +138,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--num_samples", type=int, default=500, help="generated digits per (method, NFE), >= 200")
     parser.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
-    parser.add_argument("--ours", nargs="+", choices=sorted(METHODS), default=list(DEFAULT_OURS),
-                        help="our recipes to compare (default: the library's default recipe)")
+    parser.add_argument("--ours", nargs="*", choices=sorted(METHODS), default=list(DEFAULT_OURS),
+                        help="our recipes to compare (default: the library's default recipe; none: only the peers)")
     parser.add_argument("--peers", nargs="+", choices=sorted(METHODS), default=list(PEERS))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="methods in parallel")
     parser.add_argument("--cache_dir", type=Path, default=Path("benchmarks/cache"), help="trained runs, reused")

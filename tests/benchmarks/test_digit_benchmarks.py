@@ -106,6 +106,14 @@ def test_peers_digits_smoke(peers, peers_cache, tmp_path):
     check_png(tmp_path / "peers_digits.png")
 
 
+def test_peers_digits_runs_the_peers_alone_when_no_recipe_of_ours_is_named(peers_cache, tmp_path):
+    # (`--ours` with no recipe: a rerun of the peers at another budget, next to ours measured elsewhere)
+    run_smoke("peers_digits", tmp_path, "--cache_dir", peers_cache, "--ours", "--peers", "jit")
+    result = json.loads((tmp_path / "peers_digits.json").read_text())
+    assert [m["key"] for m in result["methods"]] == ["jit"] and result["config"]["ours"] == []
+    assert METHODS["lr-bce-ln-cap2"].name not in (tmp_path / "peers_digits.md").read_text()
+
+
 def test_sampler_variants_smoke(tmp_path):
     stdout = run_smoke("sampler_variants", tmp_path, "--cache_dir", tmp_path / "cache", "--methods", "x-mse-ln",
                        "lr-bce-ln", "--variants", "Heun", "corrector, s_churn 4", "likelihood cap 2")
