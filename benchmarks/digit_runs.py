@@ -118,6 +118,11 @@ METHODS = {m.key: m for m in (
            "(the image default)", prediction_type="likelihood_residual", loss_type="bce",
            timestep_sampling="logit_normal", sampling_likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP,
            trained_as="lr-bce-ln"),
+    # JiT's bounded weight (its v-loss clamp in x-space) on the likelihood residual: the image default's training
+    # plus the weight that keeps JiT's recipe improving with NFE at 2000 steps (issue 13, seventh stop).
+    Method("lr-bce-w-ln", "likelihood residual + x-BCE x min(sigma^-2, 400), logit-normal",
+           prediction_type="likelihood_residual", loss_type="bce", timestep_sampling="logit_normal",
+           weighting_max=W_MAX),
     Method("x-mse-ln-heun", "x-pred + x-MSE, logit-normal; Heun sampler", timestep_sampling="logit_normal",
            solver="heun", trained_as="x-mse-ln"),
     Method("rf-fm-euler", "rectified flow (diffusers FlowMatchEulerDiscreteScheduler)", prediction_type="velocity",
