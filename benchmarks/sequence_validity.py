@@ -24,6 +24,8 @@ a position carries:
 - ours (BCE, known tokens, Heun): the same model sampled with Heun's solver, its N steps taking 2N - 1 of the NFE;
 - ours (BCE, known tokens, mixed sigma, Heun): trained with a third of the sigmas uniform (`uniform_fraction`
   1/3, the density that covers both ends on the exact distributions), sampled with Heun;
+- ours (BCE, known tokens, corrector s_churn 4 / 16): the known-tokens model (one training, shared with it when
+  both run) sampled with the scheduler's stochastic corrector (`s_churn`, window sigma in [0.05, 0.7]);
 - ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
   the vocabulary out: D3PM uniform-state diffusion sampled with diffusers' `DiscreteDDIMScheduler` (NFE steps,
@@ -79,6 +81,10 @@ METHODS = {
     "ours (BCE, known tokens, mixed sigma, Heun)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE,
                                                                                     uniform_fraction=1 / 3),
                                                         known_probability=0.5, solver="heun"),
+    # The stochastic corrector (the scheduler's s_churn, window [0.05, 0.7]) on the known-tokens model, same training
+    **{f"ours (BCE, known tokens, corrector s_churn {churn})": dict(
+        kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5, s_churn=churn,
+        trained_as="ours (BCE, known tokens)") for churn in (4, 16)},
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),
@@ -162,7 +168,8 @@ def generate(method: dict, model, tokenizer, n: int, length: int, nfe: int, gene
         ids = sample_peer(method["kind"], model, n, length, len(tokenizer), nfe, generator, known, keep)
         return ids_to_texts(tokenizer, ids)  # as the pipeline decodes: unk stays visible
     solver = method.get("solver", "euler")
-    scheduler = BinaryFlowMatchScheduler(prediction_type=method["recipe"].prediction_type, solver=solver)
+    scheduler = BinaryFlowMatchScheduler(prediction_type=method["recipe"].prediction_type, solver=solver,
+                                         s_churn=method.get("s_churn", 0.0))
     pipe = BinaryFlowSequencePipeline(denoiser=model, scheduler=scheduler, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     conditioning = {} if known is None else {"input_ids": known, "infill_mask": to_generate.long()}
@@ -261,10 +268,14 @@ def main(argv=None):
         "methods": {}, "complete": False,
     }
     start = time.perf_counter()
+    trained = {}  # methods that differ only in the sampler share one training ("trained_as")
     for name in args.methods:
         method = METHODS[name]
         print(f"{name}:", flush=True)
-        model, record = train(method, token_ids, vocab_size, length, args)
+        training_name = method.get("trained_as", name)
+        if training_name not in trained:
+            trained[training_name] = train(METHODS[training_name], token_ids, vocab_size, length, args)
+        model, record = trained[training_name]
         entry = {"num_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad), **record}
         print(f"  {entry['num_parameters']:,} parameters, diverged: {record['diverged']}", flush=True)
         entry["by_nfe"] = []

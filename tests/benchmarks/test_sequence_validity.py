@@ -120,3 +120,31 @@ def test_a_heun_method_samples_within_its_evaluations_and_keeps_the_known_tokens
                                              known, to_generate)
     assert len(calls) == 2 * ((nfe + 1) // 2) - 1 <= nfe
     assert [text[:6] for text in completions] == [text[:6] for text in texts]
+
+
+def test_the_corrector_methods_share_the_known_tokens_training_and_only_sample_differently(smoke):
+    import torch
+    from types import SimpleNamespace
+
+    from diffusers_binflow.sequences import train_tokenizer
+
+    methods = json.loads((smoke / "sequence_validity.json").read_text())["methods"]
+    base = methods["ours (BCE, known tokens)"]
+    for churn in (4, 16):
+        entry = methods[f"ours (BCE, known tokens, corrector s_churn {churn})"]
+        assert (entry["loss_curve"], entry["train_seconds"]) == (base["loss_curve"], base["train_seconds"])
+    tokenizer = train_tokenizer(["17+25=42", "13+14=27"], "char")
+    model = sequence_validity.build_model(sequence_validity.METHODS["ours (BCE, known tokens)"], len(tokenizer), 8,
+                                          SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2)).eval()
+    states = {}
+    for name in ("ours (BCE, known tokens)", "ours (BCE, known tokens, corrector s_churn 16)"):
+        seen = states.setdefault(name, [])
+        hook = model.register_forward_hook(lambda module, args, kwargs, output, seen=seen: seen.append(args[0]),
+                                           with_kwargs=True)
+        sequence_validity.generate(sequence_validity.METHODS[name], model, tokenizer, 4, 8, 8,
+                                   torch.Generator().manual_seed(0))
+        hook.remove()
+    euler, corrected = states.values()
+    # the same seed and start; the corrector then re-noises inside its window, so the model sees other states
+    assert len(euler) == len(corrected) == 8 and torch.equal(euler[0], corrected[0])
+    assert not all(torch.equal(a, b) for a, b in zip(euler, corrected))
