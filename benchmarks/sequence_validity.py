@@ -24,7 +24,7 @@ a position carries:
 - ours (BCE, known tokens, Heun): the same model sampled with Heun's solver, its N steps taking 2N - 1 of the NFE;
 - ours (BCE, known tokens, mixed sigma, Heun): trained with a third of the sigmas uniform (`uniform_fraction`
   1/3, the density that covers both ends on the exact distributions), sampled with Heun;
-- ours (BCE, known tokens, corrector s_churn 4 / 16): the known-tokens model (one training, shared with it when
+- ours (BCE, known tokens, corrector s_churn 4 / 16 / 64): the known-tokens model (one training, shared with it when
   both run) sampled with the scheduler's stochastic corrector (`s_churn`, window sigma in [0.05, 0.7]);
 - ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
@@ -84,7 +84,7 @@ METHODS = {
     # The stochastic corrector (the scheduler's s_churn, window [0.05, 0.7]) on the known-tokens model, same training
     **{f"ours (BCE, known tokens, corrector s_churn {churn})": dict(
         kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5, s_churn=churn,
-        trained_as="ours (BCE, known tokens)") for churn in (4, 16)},
+        trained_as="ours (BCE, known tokens)") for churn in (4, 16, 64)},
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),
