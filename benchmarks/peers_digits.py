@@ -1,7 +1,7 @@
 """Peers at equal budget on binarized digits: sample quality against the number of network evaluations (NFE).
 
     python -m benchmarks.peers_digits [--steps 1000] [--batch_size 32] [--seeds 1] [--num_samples 500]
-    python -m benchmarks.peers_digits --ours --peers jit --steps 2000 --seeds 3   # only the peers (ours measured elsewhere)
+    python -m benchmarks.peers_digits --ours --peers jit --steps 2000 --seeds 3   # only the peers, no recipe of ours
     python -m benchmarks.peers_digits --smoke --output_dir /tmp/peers     # tiny sizes, seconds (the test runs this)
 
 Every method trains the same UNet2DModel body with the same optimiser, steps, batch, data order and seed (see
