@@ -169,6 +169,8 @@ def main(argv=None):
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="3 rounds, batch 4, 2 steps")
     args = parser.parse_args(argv)
+    if args.rounds < 2:  # the ratio's quartiles need two rounds at least
+        parser.error(f"--rounds must be at least 2, got {args.rounds}.")
     if args.smoke:
         args.rounds, args.batch_size, args.sample_batch, args.nfe = 3, 4, 4, 2
     torch.set_num_threads(args.threads)

@@ -152,6 +152,9 @@ def main(argv=None):
     have_meta = importlib.util.find_spec("flow_matching") is not None
     skipped = [k for k in args.peers if k in NEEDS_META and not have_meta]
     keys = [*args.ours, *(k for k in args.peers if k not in skipped)]
+    if not keys:
+        parser.error(f"nothing to run: no recipe of ours, and the peers {skipped} need Meta's flow_matching "
+                     "(`make peers`).")
     jobs = [(key, seed, args) for seed in range(args.seeds) for key in keys]
     print(f"{len(keys)} methods x {args.seeds} seed(s) x NFE {args.nfes} ({args.workers} worker(s))"
           + (f"; skipped without flow_matching: {skipped}" if skipped else ""), flush=True)

@@ -70,21 +70,21 @@ from .reporting import command_line, pyplot, sample_or_failure, write_results
 from .sequence_peers import NUM_TRAIN_TIMESTEPS, build_peer, peer_loss, sample_peer
 from .training_loop import train_loop
 
+KNOWN_TOKENS = dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5)
 METHODS = {
     "ours (BCE)": dict(kind="bits", recipe=SEQUENCE_RECIPE),
     "ours (BCE, uniform sigma)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, timestep_sampling="uniform")),
-    "ours (BCE, known tokens)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5),
-    "ours (BCE, known tokens and spans)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5,
-                                               known_span_fraction=0.5),
-    "ours (BCE, known tokens, Heun)": dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5,
-                                           solver="heun"),
-    "ours (BCE, known tokens, mixed sigma, Heun)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE,
-                                                                                    uniform_fraction=1 / 3),
-                                                        known_probability=0.5, solver="heun"),
-    # The stochastic corrector (the scheduler's s_churn, window [0.05, 0.7]) on the known-tokens model, same training
-    **{f"ours (BCE, known tokens, corrector s_churn {churn})": dict(
-        kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5, s_churn=churn,
-        trained_as="ours (BCE, known tokens)") for churn in (4, 16, 64)},
+    "ours (BCE, known tokens)": KNOWN_TOKENS,
+    "ours (BCE, known tokens and spans)": {**KNOWN_TOKENS, "known_span_fraction": 0.5},
+    # Samplers of the known-tokens model: they share its training when run with it ("trained_as").
+    "ours (BCE, known tokens, Heun)": {**KNOWN_TOKENS, "solver": "heun", "trained_as": "ours (BCE, known tokens)"},
+    "ours (BCE, known tokens, mixed sigma, Heun)": {**KNOWN_TOKENS, "recipe": replace(SEQUENCE_RECIPE,
+                                                                                      uniform_fraction=1 / 3),
+                                                    "solver": "heun"},
+    # The stochastic corrector (the scheduler's s_churn, window [0.05, 0.7])
+    **{f"ours (BCE, known tokens, corrector s_churn {churn})": {**KNOWN_TOKENS, "s_churn": churn,
+                                                                 "trained_as": "ours (BCE, known tokens)"}
+       for churn in (4, 16, 64)},
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),

@@ -114,6 +114,18 @@ def test_peers_digits_runs_the_peers_alone_when_no_recipe_of_ours_is_named(peers
     assert METHODS["lr-bce-ln-cap2"].name not in (tmp_path / "peers_digits.md").read_text()
 
 
+def test_peers_digits_refuses_a_run_with_nothing_to_run(monkeypatch, tmp_path, capsys):
+    # no recipe of ours, and the only peer named needs Meta's flow_matching, which this machine is made to lack
+    from benchmarks import peers_digits
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flow_matching" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit):
+        peers_digits.main(["--smoke", "--ours", "--peers", "dfm-uniform", "--output_dir", str(tmp_path)])
+    assert "nothing to run" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
 def test_sampler_variants_smoke(tmp_path):
     stdout = run_smoke("sampler_variants", tmp_path, "--cache_dir", tmp_path / "cache", "--methods", "x-mse-ln",
                        "lr-bce-ln", "--variants", "Heun", "corrector, s_churn 4", "likelihood cap 2")
@@ -136,7 +148,7 @@ def test_sampler_variants_smoke(tmp_path):
     assert "FD" in stdout and "Data-end bit error" in table
 
 
-def test_cost_smoke(tmp_path):
+def test_cost_smoke(tmp_path, capsys):
     run_smoke("cost", tmp_path)
     result = json.loads((tmp_path / "cost.json").read_text())
     for part in ("training", "sampling"):
@@ -148,6 +160,11 @@ def test_cost_smoke(tmp_path):
         assert 0.2 < side["ratio"] < 5  # the same network dominates both sides
     assert 0 < result["training"]["loss_share"] < 0.5 and 0 < result["sampling"]["scheduler_share"] < 0.5
     assert "ratio (ours / plain)" in (tmp_path / "cost.md").read_text()
+    from benchmarks import cost
+
+    with pytest.raises(SystemExit):  # one round has no quartiles
+        cost.main(["--rounds", "1", "--output_dir", str(tmp_path / "one_round")])
+    assert not (tmp_path / "one_round").exists() and "--rounds must be at least 2" in capsys.readouterr().err
 
 
 def test_speckle_origin_smoke(tmp_path):
