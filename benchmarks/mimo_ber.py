@@ -6,7 +6,9 @@
 Systems: 4x4 QPSK over i.i.d. and Kronecker-correlated (rho = 0.7) Rayleigh channels and with imperfect channel
 knowledge (the receiver sees H + E, E i.i.d. CN(0, 0.02); 8 bits per channel use; exhaustive ML on the estimate is
 the reference), 8x8 16-QAM (32 bits) and 16x16 QPSK (32 bits; K-best). The classical detectors are Sionna's but EP
-(`diffusers_binflow.mimo.detectors`), all fed the channel estimate as if it were exact. Our models (BCE x-loss, MSE
+(`diffusers_binflow.mimo.detectors`). With imperfect knowledge every detector, ours included, is fed the estimate as
+if it were exact, or ("aware") as `channel_given_estimate` reads it knowing the error's variance, where ML is
+optimal. Our models (BCE x-loss, MSE
 x-loss and the misaligned x-prediction + v-loss) are trained by `train_scripts/train_mimo.py` into --models_dir
 (on the system's channel, estimate included) unless this run's command already trained one there; the commands
 are recorded.
@@ -83,6 +85,10 @@ def systems(smoke: bool) -> list[dict]:
              snr_db=[8.0, 12.0, 16.0, 20.0, 24.0], classic=["lmmse", "ep", "ml", "kbest-16"], recipes=["bce"],
              ours=[(1, 1, "mean"), (4, 16, "likelihood")],
              train=["--train_batch_size", "256", "--max_train_steps", "10000", "--eval_snr_db", "16,20"]),
+        dict(name="4x4 QPSK, CSI error 0.02, aware", num_tx=4, num_rx=4, modulation="qpsk",
+             channel={"csi_error_var": 0.02, "csi_aware": True}, snr_db=[8.0, 12.0, 16.0, 20.0, 24.0],
+             classic=["lmmse", "ep", "ml", "kbest-16"], recipes=["bce"], ours=[(1, 1, "mean"), (4, 16, "likelihood")],
+             train=["--train_batch_size", "256", "--max_train_steps", "10000", "--eval_snr_db", "16,20"]),
         dict(name="8x8 16-QAM", num_tx=8, num_rx=8, modulation="16qam", snr_db=[12.0, 16.0, 20.0, 24.0, 28.0],
              classic=["lmmse", "ep", "kbest-16", "kbest-64"], recipes=["bce"],
              ours=[(1, 1, "mean"), (2, 4, "likelihood"), (2, 16, "likelihood")],
@@ -103,16 +109,21 @@ def classic_detector(name: str, modulation):
     return lambda y, H, n0: functions[name](y, H, n0, modulation).bits
 
 
+def channel_options(system: dict) -> list[str]:
+    """The system's channel as train_mimo.py options (a flag for a true switch)."""
+    return [f"--{option}" if value is True else f"--{option}={value}"
+            for option, value in system.get("channel", {}).items()]
+
+
 def train_model(system: dict, recipe: str, models_dir: Path, smoke: bool, max_train_steps: int | None = None) -> dict:
     """Train (unless this very command already trained it) on the system's channel and return the command, the model
     folder and its training summary."""
     slug = system["name"].lower().replace(",", "").replace(" ", "-")
     folder = models_dir / f"{slug}-{recipe}"
-    channel = [f"--{option}={value}" for option, value in system.get("channel", {}).items()]
     steps = [] if max_train_steps is None else ["--max_train_steps", str(max_train_steps)]  # the last one counts
     command = [sys.executable, str(TRAIN_SCRIPT), "--output_dir", str(folder), "--num_tx", str(system["num_tx"]),
-               "--num_rx", str(system["num_rx"]), "--modulation", system["modulation"], *channel, *RECIPES[recipe],
-               *COMMON_TRAIN, *system["train"], *(SMOKE_TRAIN if smoke else []), *steps]
+               "--num_rx", str(system["num_rx"]), "--modulation", system["modulation"], *channel_options(system),
+               *RECIPES[recipe], *COMMON_TRAIN, *system["train"], *(SMOKE_TRAIN if smoke else []), *steps]
     recorded = folder / TRAINED_BY
     if not (folder / "training_summary.json").is_file():
         print("training:", shlex.join(command), flush=True)

@@ -25,7 +25,8 @@ CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 # Run options added after checkpoints were first written, with the value every earlier run had: a checkpoint that
 # does not record one was trained with it.
 OPTIONS_ADDED_LATER = {"self_conditioning": False, "self_conditioning_probability": 0.5, "uniform_fraction": 0.0,
-                       "likelihood_cap": 50.0, "correlation": 0.0, "csi_error_var": 0.0, "known_probability": 0.0,
+                       "likelihood_cap": 50.0, "correlation": 0.0, "csi_error_var": 0.0, "csi_aware": False,
+                       "known_probability": 0.0,
                        "known_span_fraction": 0.0, "multilevel_cavities": False}
 
 

@@ -4,9 +4,10 @@
         --prediction_type logits --loss_type bce
 
 Channel uses are simulated on the fly (Rayleigh H, i.i.d. or Kronecker-correlated with --correlation, known exactly
-or up to an error of variance --csi_error_var; SNR per receive antenna drawn uniformly in dB from
-[--snr_db_min, --snr_db_max] for every channel use; see `diffusers_binflow.mimo.channel`). The recipe options are the
-image script's: x-prediction (`sample`, or `logits` for cross-entropy), loss space, loss type and sigma sampling.
+or up to an error of variance --csi_error_var, which the receiver knows with --csi_aware; SNR per receive antenna
+drawn uniformly in dB from [--snr_db_min, --snr_db_max] for every channel use; see `diffusers_binflow.mimo.channel`).
+The recipe options are the image script's: x-prediction (`sample`, or `logits` for cross-entropy), loss space, loss
+type and sigma sampling.
 The result is a `BinaryFlowMIMOPipeline` saved in --output_dir with a model card reporting a BER table.
 """
 
@@ -59,15 +60,16 @@ logger = logging.getLogger(__name__)
 SCRIPT = "train_mimo"
 # Options a resumed run must share with the run that wrote the checkpoint.
 RESUME_OPTIONS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "correlation", "csi_error_var",
-                  "hidden_size", "num_layers", "num_heads", "mlp_ratio", "ep_iterations", "multilevel_cavities",
-                  *RECIPE_OPTIONS, "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
-                  "use_ema")
+                  "csi_aware", "hidden_size", "num_layers", "num_heads", "mlp_ratio", "ep_iterations",
+                  "multilevel_cavities", *RECIPE_OPTIONS, "seed", "train_batch_size", "gradient_accumulation_steps",
+                  "learning_rate", "use_ema")
 # The training options a MIMO model card reports, in this order.
 CARD_SETTINGS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "correlation", "csi_error_var",
-                 "hidden_size", "num_layers", "num_heads", "ep_iterations", "multilevel_cavities", "prediction_type",
-                 "loss_space", "loss_type", "timestep_sampling", "uniform_fraction", "likelihood_cap", "v_clamp",
-                 "weighting_max", "self_conditioning", "train_batch_size", "max_train_steps", "learning_rate",
-                 "lr_scheduler", "use_ema", "seed", "solver", "sampling_likelihood_cap", "num_inference_steps")
+                 "csi_aware", "hidden_size", "num_layers", "num_heads", "ep_iterations", "multilevel_cavities",
+                 "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction",
+                 "likelihood_cap", "v_clamp", "weighting_max", "self_conditioning", "train_batch_size",
+                 "max_train_steps", "learning_rate", "lr_scheduler", "use_ema", "seed", "solver",
+                 "sampling_likelihood_cap", "num_inference_steps")
 # Exhaustive ML is the reference up to this many bits per channel use; K-best beyond.
 ML_MAX_BITS = 16
 
@@ -84,6 +86,10 @@ def parse_args(argv=None):
                         help="Exponential Kronecker correlation rho^|i-j| at both ends, in [0, 1) (0: i.i.d.).")
     system.add_argument("--csi_error_var", type=float, default=0.0,
                         help="The receiver knows H + E, E i.i.d. CN(0, this) (0: exact channel knowledge).")
+    system.add_argument("--csi_aware", action="store_true",
+                        help="The receiver also knows --csi_error_var: the model (and the model card's detectors) "
+                             "read the estimate as H_hat / (1 + v) with noise N0 + num_tx v / (1 + v) "
+                             "(`diffusers_binflow.mimo.channel_given_estimate`); i.i.d. channels only.")
 
     model = parser.add_argument_group("model and recipe")
     model.add_argument("--hidden_size", type=int, default=64)
@@ -129,6 +135,8 @@ def parse_args(argv=None):
         parser.error(f"--correlation must be in [0, 1), got {args.correlation}.")
     if not 0 <= args.csi_error_var < float("inf"):
         parser.error(f"--csi_error_var must be a finite number >= 0, got {args.csi_error_var}.")
+    if args.csi_aware and args.correlation > 0:
+        parser.error("--csi_aware reads the estimate of an i.i.d. channel: it cannot be used with --correlation.")
     if args.multilevel_cavities is None:  # what the model gets; for one bit per real symbol it means nothing
         args.multilevel_cavities = get_modulation(args.modulation).bits_per_real > 1
     if args.bit_scale != 1:
@@ -189,7 +197,7 @@ def main(args):
                 args.train_batch_size, generator=generator, device=accelerator.device)
             batch = simulate(args.train_batch_size, args.num_tx, args.num_rx, args.modulation, snr_db,
                              generator=generator, device=accelerator.device, correlation=args.correlation,
-                             csi_error_var=args.csi_error_var)
+                             csi_error_var=args.csi_error_var, csi_aware=args.csi_aware)
             with accelerator.accumulate(model):
                 out = flow_matching_loss(model, batch.bits, loss_config, generator=generator,
                                          model_kwargs={"y": batch.y, "H": batch.H, "noise_var": batch.noise_var})
@@ -266,12 +274,13 @@ def ber_table_for_card(pipeline: BinaryFlowMIMOPipeline, args):
             result = measure_ber(detect, args.num_tx, args.num_rx, modulation, snr, min_errors=10**9,
                                  max_bits=args.eval_channel_uses * num_bits, batch_size=args.eval_channel_uses,
                                  seed=args.seed + 1, device=pipeline.device, correlation=args.correlation,
-                                 csi_error_var=args.csi_error_var)
+                                 csi_error_var=args.csi_error_var, csi_aware=args.csi_aware)
             table[name][snr] = result.ber
             counts[name][f"{snr:g}"] = {"bit_errors": result.bit_errors, "bits": result.bits}
     description = (f"{args.eval_channel_uses} channel uses ({args.eval_channel_uses * num_bits} bits) per SNR, the "
                    "same for every detector; SNR per receive antenna; the training channel (correlation "
-                   f"{args.correlation:g}, CSI error variance {args.csi_error_var:g}).")
+                   f"{args.correlation:g}, CSI error variance {args.csi_error_var:g}"
+                   + (", read by a receiver that knows it" if args.csi_aware else "") + ").")
     return table, counts, description
 
 

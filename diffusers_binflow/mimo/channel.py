@@ -5,7 +5,8 @@ Convention (one place for it):
 - A complex ``num_rx x num_tx`` channel ``H`` has CN(0, 1) entries (Rayleigh fading, ``E|h_ij|^2 = 1``), i.i.d. or
   Kronecker-correlated: ``H = R_rx^(1/2) H_w R_tx^(1/2)`` with exponential correlation ``R_ij = rho^|i - j|`` at both
   ends (Sionna's `exp_corr_mat` and `KroneckerModel`).
-- The receiver knows ``H`` exactly, or an estimate ``H + E`` with ``E`` i.i.d. CN(0, csi_error_var).
+- The receiver knows ``H`` exactly, or an estimate ``H + E`` with ``E`` i.i.d. CN(0, csi_error_var). A receiver
+  that also knows csi_error_var can read the estimate as the exact model `channel_given_estimate` derives.
 - Complex symbols have unit average energy, ``E|s|^2 = Es = 1`` (QPSK: ``(+-1 +- 1j) / sqrt(2)``; 16-QAM:
   ``{-3, -1, 1, 3} / sqrt(10)`` per dimension; BPSK: ``+-1`` on the real axis only).
 - The noise is CN(0, N0) per receive antenna; ``noise_var`` is always this ``N0`` (each real dimension carries
@@ -169,12 +170,14 @@ def simulate(
     device: str | torch.device | None = None,
     correlation: float = 0.0,
     csi_error_var: float = 0.0,
+    csi_aware: bool = False,
 ) -> MIMOBatch:
     """Draw `batch_size` channel uses: uniform bits, Rayleigh ``H`` and AWGN at `snr_db` (SNR per receive antenna; a
     float or one value per channel use, shape (B,)). ``H`` is i.i.d., or Kronecker-correlated with exponential
     `correlation` rho in [0, 1) at both ends; with `csi_error_var` > 0 the batch's `H` is the receiver's estimate
-    ``H_true + E``, ``E`` i.i.d. CN(0, csi_error_var). All randomness comes from `generator` (the same draws as an
-    i.i.d. channel with exact knowledge, then ``E``)."""
+    ``H_true + E``, ``E`` i.i.d. CN(0, csi_error_var), and with `csi_aware` the batch's `H` and `noise_var` are that
+    estimate read as `channel_given_estimate` does (i.i.d. channels only). All randomness comes from `generator`
+    (the same draws as an i.i.d. channel with exact knowledge, then ``E``)."""
     modulation = get_modulation(modulation)
     if min(batch_size, num_tx, num_rx) < 1:
         raise ValueError(f"batch_size, num_tx and num_rx must be positive, got {batch_size}, {num_tx}, {num_rx}.")
@@ -182,6 +185,9 @@ def simulate(
         raise ValueError(f"correlation must be in [0, 1) (1 makes the channel rank one), got {correlation}.")
     if not (math.isfinite(csi_error_var) and csi_error_var >= 0):
         raise ValueError(f"csi_error_var must be a finite number >= 0, got {csi_error_var}.")
+    if csi_aware and correlation > 0:
+        raise ValueError("csi_aware reads the estimate of an i.i.d. CN(0, 1) channel; with correlation > 0 the "
+                         "channel's posterior mean is not a scaled estimate.")
     num_bits = modulation.num_real_symbols(num_tx) * modulation.bits_per_real
     bits = torch.randint(0, 2, (batch_size, num_bits), generator=generator, device=device).float()
     symbols = modulation.bits_to_symbols(bits)
@@ -197,7 +203,24 @@ def simulate(
     if csi_error_var > 0:
         error = torch.randn(H_c.shape, dtype=H_c.dtype, generator=generator, device=device) * math.sqrt(csi_error_var)
         _, known = complex_to_real(noise_c, H_c + error, modulation)
+    if csi_aware:
+        known, noise_var = channel_given_estimate(known, noise_var, csi_error_var, num_tx)
     return MIMOBatch(bits=bits, symbols=symbols, H=known, y=y, noise_var=noise_var, H_true=H)
+
+
+def channel_given_estimate(H_estimate: torch.Tensor, noise_var, csi_error_var: float, num_tx: int):
+    """The linear Gaussian model of ``y`` given an estimate ``H_hat = H + E`` of an i.i.d. CN(0, 1) channel, ``E``
+    i.i.d. CN(0, v): returns ``(H_hat / (1 + v), N0 + num_tx v / (1 + v))`` to give any detector in place of
+    ``(H_hat, N0)``.
+
+    Given ``H_hat``, ``H = H_hat / (1 + v) + W`` with ``W`` i.i.d. CN(0, v / (1 + v)) and independent of ``H_hat``,
+    so ``y = H_hat s / (1 + v) + (W s + n)`` where ``W s + n`` is CN(0, (N0 + ||s||^2 v / (1 + v)) I). Unit-energy
+    symbols give ``||s||^2 = num_tx`` on average, and exactly for BPSK and QPSK: for those the model is exact, and
+    ML on it is the optimal detector given the estimate. Works on the real-valued or the complex ``H``."""
+    if not (math.isfinite(csi_error_var) and csi_error_var >= 0):
+        raise ValueError(f"csi_error_var must be a finite number >= 0, got {csi_error_var}.")
+    shrink = 1 / (1 + csi_error_var)
+    return H_estimate * shrink, noise_var + num_tx * csi_error_var * shrink
 
 
 def correlate(H: torch.Tensor, rho: float) -> torch.Tensor:
@@ -241,5 +264,6 @@ def check_channel_inputs(y: torch.Tensor, H: torch.Tensor, noise_var, num_bits_p
     return noise_var
 
 
-__all__ = ["MIMOBatch", "MODULATIONS", "Modulation", "check_channel_inputs", "complex_to_real", "correlate",
+__all__ = ["MIMOBatch", "MODULATIONS", "Modulation", "channel_given_estimate", "check_channel_inputs", "complex_to_real",
+           "correlate",
            "get_modulation", "simulate", "snr_db_to_ebn0_db", "snr_db_to_noise_var"]

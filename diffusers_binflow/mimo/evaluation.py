@@ -31,18 +31,20 @@ class BERResult:
 
 def measure_ber(detect, num_tx: int, num_rx: int, modulation, snr_db: float, *, min_errors: int = 200,
                 max_bits: int = 1_000_000, batch_size: int = 4096, max_seconds: float | None = None,
-                seed: int = 0, device=None, correlation: float = 0.0, csi_error_var: float = 0.0) -> BERResult:
+                seed: int = 0, device=None, correlation: float = 0.0, csi_error_var: float = 0.0,
+                csi_aware: bool = False) -> BERResult:
     """Count bit errors of ``detect(y, H, noise_var) -> bits`` over fresh channel uses at `snr_db` until at least
     `min_errors` errors, `max_bits` bits, or `max_seconds` of detection time. Batch i of a given `seed` is the
-    same channel realisation for every detector, so detectors are compared on identical data. `correlation` and
-    `csi_error_var` choose the channel (`simulate`); detectors see the receiver's estimate of ``H``."""
+    same channel realisation for every detector, so detectors are compared on identical data. `correlation`,
+    `csi_error_var` and `csi_aware` choose the channel and what the receiver makes of its estimate of ``H``
+    (`simulate`); detectors see that."""
     modulation = get_modulation(modulation)
     errors = bits = uses = 0
     seconds, stopped_by, index = 0.0, "bits", 0
     while bits < max_bits:
         generator = torch.Generator(device or "cpu").manual_seed(seed * 1_000_003 + index)
         batch = simulate(batch_size, num_tx, num_rx, modulation, snr_db, generator=generator, device=device,
-                         correlation=correlation, csi_error_var=csi_error_var)
+                         correlation=correlation, csi_error_var=csi_error_var, csi_aware=csi_aware)
         start = time.perf_counter()
         detected = detect(batch.y, batch.H, batch.noise_var)
         seconds += time.perf_counter() - start

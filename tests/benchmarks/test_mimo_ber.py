@@ -101,3 +101,14 @@ def test_a_model_trained_by_another_command_is_refused_not_reused(smoke, tmp_pat
     run_benchmark("mimo_ber", *options, "--max_train_steps", "6", "--models_dir", tmp_path / "models")
     (model,) = json.loads((tmp_path / "mimo_ber.json").read_text())["systems"][0]["models"].values()
     assert model["optimizer_steps"] == 6 and model["command"].endswith("--max_train_steps 6")
+
+
+def test_every_system_s_channel_reaches_the_training_script_as_the_benchmark_measures_it():
+    from tests.train_scripts.runs import load_script
+
+    script = load_script("train_mimo")
+    for system in mimo_ber.systems(smoke=False) + mimo_ber.systems(smoke=True):
+        args = script.parse_args(["--output_dir", "x", *mimo_ber.channel_options(system)])
+        channel = {"correlation": 0.0, "csi_error_var": 0.0, "csi_aware": False, **system.get("channel", {})}
+        assert {k: getattr(args, k) for k in channel} == channel, system["name"]
+    assert any(system.get("channel", {}).get("csi_aware") for system in mimo_ber.systems(smoke=False))

@@ -73,6 +73,22 @@ def test_recipe_and_channel_options_reach_the_run(tmp_path):
     assert "| correlation | 0.5 |" in card and "correlation 0.5, CSI error variance 0.05" in card
 
 
+def test_a_csi_aware_run_trains_and_reports_on_the_receiver_s_reading_of_its_estimate(tmp_path):
+    from diffusers_binflow.checkpoints import check_checkpoint_matches
+    from diffusers_binflow.training_runs import run_options
+
+    train(tmp_path, "--max_train_steps", "2", "--csi_error_var", "0.05", "--csi_aware")
+    card = (tmp_path / "README.md").read_text()
+    assert "| csi_aware | True |" in card and "CSI error variance 0.05, read by a receiver that knows it" in card
+    script = load_script("train_mimo")
+    options = lambda *extra: run_options(  # noqa: E731
+        script.parse_args(["--output_dir", "x", *TINY, "--max_train_steps", "2", "--csi_error_var", "0.05", *extra]),
+        script.RESUME_OPTIONS)
+    check_checkpoint_matches(tmp_path / "checkpoint-2", "train_mimo", options("--csi_aware"), 1)
+    with pytest.raises(ValueError, match="--csi_aware True vs False"):
+        check_checkpoint_matches(tmp_path / "checkpoint-2", "train_mimo", options(), 1)
+
+
 def test_16qam_models_get_multilevel_cavities_and_an_older_16qam_checkpoint_is_resumed_only_without_them(
     trained, tmp_path
 ):
@@ -89,7 +105,7 @@ def test_16qam_models_get_multilevel_cavities_and_an_older_16qam_checkpoint_is_r
     assert options()["multilevel_cavities"] is False and options("--modulation", "16qam")["multilevel_cavities"]
     # Checkpoints from before the option: QPSK runs resume as before; a 16-QAM run had no cavities and says so.
     state = json.loads((trained / "checkpoint-4" / "training_state.json").read_text())
-    del state["options"]["multilevel_cavities"]
+    del state["options"]["multilevel_cavities"], state["options"]["csi_aware"]
     older = tmp_path / "older" / "checkpoint-4"
     older.mkdir(parents=True)
     (older / "training_state.json").write_text(json.dumps(state))
@@ -121,6 +137,8 @@ def test_bad_options_are_refused(capsys):
                              (("--snr_db_min", "nan"), "must be finite"),
                              (("--correlation", "1"), "--correlation must be in [0, 1)"),
                              (("--csi_error_var", "-0.1"), "--csi_error_var must be a finite number >= 0"),
+                             (("--csi_aware", "--csi_error_var", "0.1", "--correlation", "0.5"),
+                              "--csi_aware reads the estimate of an i.i.d. channel"),
                              (("--bit_scale", "2"), "--bit_scale must be 1 for MIMO")):
         with pytest.raises(SystemExit):
             script.parse_args(["--output_dir", "x", *TINY, *options])
