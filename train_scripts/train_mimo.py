@@ -248,6 +248,7 @@ def main(args):
             tags=["mimo-detection", "diffusers-training"], settings=settings_of(args, CARD_SETTINGS),
             metrics={k: v for k, v in summary.items() if k not in ("ber", "ber_counts")}, num_tx=args.num_tx,
             num_rx=args.num_rx, modulation=args.modulation, num_bits=num_bits, self_conditioning=args.self_conditioning,
+            correlation=args.correlation, csi_error_var=args.csi_error_var, csi_aware=args.csi_aware,
             num_inference_steps=args.num_inference_steps, detectors=list(ber_table), eval_description=description,
             ber_rows=[[f"{snr:g}"] + [f"{table[snr]:.2e}" for table in ber_table.values()] for snr in snrs]))
         accelerator.print(f"Saved the pipeline and its model card in {output_dir}")

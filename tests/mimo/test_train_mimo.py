@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -71,6 +72,7 @@ def test_recipe_and_channel_options_reach_the_run(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "| self_conditioning | True |" in card and "self-conditioned" in card
     assert "| correlation | 0.5 |" in card and "correlation 0.5, CSI error variance 0.05" in card
+    assert "Kronecker-correlated (rho = 0.5" in card and "which it was\ntrained to treat as exact" in card
 
 
 def test_a_csi_aware_run_trains_and_reports_on_the_receiver_s_reading_of_its_estimate(tmp_path):
@@ -80,6 +82,14 @@ def test_a_csi_aware_run_trains_and_reports_on_the_receiver_s_reading_of_its_est
     train(tmp_path, "--max_train_steps", "2", "--csi_error_var", "0.05", "--csi_aware")
     card = (tmp_path / "README.md").read_text()
     assert "| csi_aware | True |" in card and "CSI error variance 0.05, read by a receiver that knows it" in card
+    assert "channel_given_estimate(H_hat, N0, 0.05, 2)" in card
+    # The card's example draws the channel the model was trained on: the estimate read with the error's variance.
+    example = card.split("```python\n")[1].split("```")[0].replace(f'"{tmp_path.name}"', repr(str(tmp_path)))
+    namespace = {}
+    exec(example, namespace)
+    batch = namespace["batch"]
+    expected = torch.full_like(batch.noise_var, 2 / 10**1.2 + 2 * 0.05 / 1.05)  # N0 at 12 dB, plus the error's
+    assert torch.allclose(batch.noise_var, expected) and 0 <= namespace["ber"] <= 1
     script = load_script("train_mimo")
     options = lambda *extra: run_options(  # noqa: E731
         script.parse_args(["--output_dir", "x", *TINY, "--max_train_steps", "2", "--csi_error_var", "0.05", *extra]),
