@@ -13,8 +13,9 @@ x-loss and the misaligned x-prediction + v-loss) are trained by `train_scripts/t
 (on the system's channel, estimate included) unless this run's command already trained one there; the commands
 are recorded.
 Ours is measured in two ways: one step (the denoiser's P(bit | y) at sigma = 1, thresholded) and as a list detector
-over posterior samples (`aggregation="likelihood"`: the sample closest to y in ``||y - H s||^2``); the NFE column
-counts network evaluations per channel use (steps x samples).
+over posterior samples (`aggregation="likelihood"`: the sample closest to y in ``||y - H s||^2``; on 4x4 QPSK also
+`"app"`: each bit's posterior over the distinct samples); the NFE column counts network evaluations per channel use
+(steps x samples).
 Every detector sees the same channel realisations; a point stops at --min_errors bit errors, --max_bits bits, or
 --max_seconds of detection time (recorded as `stopped_by`). SNR is per receive antenna, ``num_tx * Es / N0`` with
 unit-energy symbols and CN(0, 1) channel entries (`diffusers_binflow.mimo.channel`). Writes mimo_ber.json, .md and
@@ -75,7 +76,7 @@ def systems(smoke: bool) -> list[dict]:
     return [
         dict(name="4x4 QPSK", num_tx=4, num_rx=4, modulation="qpsk", snr_db=[0.0, 4.0, 8.0, 12.0, 14.0, 16.0, 20.0],
              classic=["zf", "lmmse", "ep", "ml", "kbest-4"], recipes=["bce", "mse", "vloss"],
-             ours=[(1, 1, "mean"), (4, 16, "likelihood")],
+             ours=[(1, 1, "mean"), (4, 16, "likelihood"), (4, 16, "app")],
              train=["--train_batch_size", "256", "--max_train_steps", "10000", "--eval_snr_db", "12,16"]),
         dict(name="4x4 QPSK, rho 0.7", num_tx=4, num_rx=4, modulation="qpsk", channel={"correlation": 0.7},
              snr_db=[8.0, 12.0, 16.0, 20.0, 24.0], classic=["lmmse", "ep", "ml", "kbest-16"], recipes=["bce", "mse"],

@@ -198,16 +198,32 @@ def all_bit_vectors(num_bits: int, device=None, dtype=torch.float32) -> torch.Te
 
 
 def list_detection(candidate_bits: torch.Tensor, distances: torch.Tensor, noise_real: torch.Tensor,
-                   llr_clip: float = DEFAULT_LLR_CLIP) -> DetectionOutput:
+                   llr_clip: float = DEFAULT_LLR_CLIP, output: str = "maxlog") -> DetectionOutput:
     """Decide from a list of candidate bit vectors (B, P, num_bits) with their distances ``||y - H s||^2`` (B, P),
-    up to a constant per channel use: hard bits are the closest candidate's; LLRs are max-log over the list,
-    ``(min d_(b=0) - min d_(b=1)) / (2 s^2)`` with ``s^2 = N0 / 2`` (`noise_real`, (B, 1)), clipped to `llr_clip`
-    where the list holds no counter-hypothesis."""
-    inf = torch.tensor(float("inf"), dtype=distances.dtype, device=distances.device)
+    up to a constant per channel use; ``s^2 = N0 / 2`` is `noise_real`, (B, 1).
+
+    - ``output="maxlog"``: hard bits are the closest candidate's; LLRs are max-log over the list,
+      ``(min d_(b=0) - min d_(b=1)) / (2 s^2)``.
+    - ``output="app"``: each bit's a posteriori LLR over the distinct candidates (a repeated candidate counts
+      once), ``log sum_(b=1) exp(-d / (2 s^2)) - log sum_(b=0) exp(-d / (2 s^2))``, and hard bits its signs:
+      bit-wise MAP restricted to the list, as Sionna's "app" demapping is over all candidates.
+
+    LLRs are clipped to `llr_clip`, which is also their value where the list holds no counter-hypothesis."""
+    if output not in ("maxlog", "app"):
+        raise ValueError(f"`output` must be 'maxlog' or 'app', got {output!r}.")
+    if output == "app":
+        # A candidate equal to an earlier one in its list would be counted twice.
+        same = (candidate_bits[:, :, None] == candidate_bits[:, None]).all(-1)  # (B, P, P)
+        repeated = same.tril(diagonal=-1).any(-1)
+        distances = distances.masked_fill(repeated, float("inf"))
+    scores = -distances[..., None] / (2 * noise_real[..., None])  # (B, P, 1)
     ones = candidate_bits.bool()
-    d1 = torch.where(ones, distances[..., None], inf).amin(1)
-    d0 = torch.where(ones, inf, distances[..., None]).amin(1)
-    llrs = ((d0 - d1) / (2 * noise_real)).nan_to_num(posinf=llr_clip, neginf=-llr_clip).clamp(-llr_clip, llr_clip)
+    combine = torch.logsumexp if output == "app" else torch.amax
+    hypothesis = lambda bit_is_one: combine(scores.masked_fill(ones != bit_is_one, -float("inf")), 1)  # noqa: E731
+    llrs = (hypothesis(True) - hypothesis(False)).nan_to_num(posinf=llr_clip, neginf=-llr_clip)
+    llrs = llrs.clamp(-llr_clip, llr_clip)
+    if output == "app":
+        return DetectionOutput(bits=(llrs > 0).to(candidate_bits.dtype), llrs=llrs)
     best = distances.argmin(1)
     return DetectionOutput(bits=candidate_bits[torch.arange(len(best), device=best.device), best], llrs=llrs)
 

@@ -19,7 +19,7 @@ from .callbacks import StepEndCallbackMixin
 from .hub_loading import BinflowHubMixin
 from .self_conditioning import SelfConditioningMixin, denoiser_self_conditioning
 
-AGGREGATIONS = ("mean", "vote", "likelihood")
+AGGREGATIONS = ("mean", "vote", "likelihood", "app")
 
 
 @dataclass
@@ -135,7 +135,9 @@ class BinaryFlowMIMOPipeline(StepEndCallbackMixin, SelfConditioningMixin, Binflo
                 `"mean"`) and reports the share of votes as the probability; `"likelihood"` treats the samples as
                 a candidate list, as list sphere decoders do: the bits are those of the sample whose symbols explain
                 ``y`` best (least ``||y - H s||^2``), the probabilities come from max-log LLRs over the samples
-                (`diffusers_binflow.mimo.detectors.list_detection`).
+                (`diffusers_binflow.mimo.detectors.list_detection`); `"app"` decides each bit by its a posteriori
+                probability over the distinct samples, each weighted by its likelihood (bit-wise MAP on the list,
+                ``list_detection(output="app")``).
             generator (`torch.Generator` or a list of them, one per channel use, *optional*): Seeds the noise; with
                 a list, channel use i equals a single-use call with generator i.
             return_dict (`bool`): Return a [`MIMODetectionOutput`] rather than a tuple.
@@ -187,11 +189,12 @@ class BinaryFlowMIMOPipeline(StepEndCallbackMixin, SelfConditioningMixin, Binflo
         if aggregation == "mean":
             probabilities = mean_probabilities
             bits = (probabilities > 0.5).to(dtype)
-        elif aggregation == "likelihood":
+        elif aggregation in ("likelihood", "app"):
             symbols = get_modulation(self.modulation).bits_to_symbols(sample_bits)  # (B, S, n)
             distances = ((y[:, None] - symbols @ H.mT) ** 2).sum(-1)
             noise_real = check_channel_inputs(y, H, noise_var)[:, None] / 2  # N0 / 2 per channel use, (B, 1)
-            detection = list_detection(sample_bits, distances, noise_real)
+            detection = list_detection(sample_bits, distances, noise_real,
+                                       output="maxlog" if aggregation == "likelihood" else "app")
             bits, probabilities = detection.bits, detection.probabilities
         else:
             probabilities = sample_bits.mean(1)

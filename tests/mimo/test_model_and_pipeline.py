@@ -213,6 +213,22 @@ def test_likelihood_aggregation_picks_the_sample_that_explains_y_best():
     assert torch.equal((out.probabilities > 0.5).float(), out.bits)
 
 
+def test_app_aggregation_decides_each_bit_on_the_same_samples_by_its_posterior_over_them():
+    from diffusers_binflow.mimo.detectors import list_detection
+
+    batch = channel(num=40, snr_db=6.0)
+    pipe = tiny_pipeline()
+    best = detect(pipe, batch, num_inference_steps=3, num_samples=5, aggregation="likelihood")
+    out = detect(pipe, batch, num_inference_steps=3, num_samples=5, aggregation="app")
+    assert torch.equal(out.sample_bits, best.sample_bits)
+    symbols = get_modulation("qpsk").bits_to_symbols(out.sample_bits)
+    distances = ((batch.y[:, None] - symbols @ batch.H.mT) ** 2).sum(-1)
+    app = list_detection(out.sample_bits, distances, batch.noise_var[:, None] / 2, output="app")
+    assert torch.equal(out.bits, app.bits) and torch.allclose(out.probabilities, app.probabilities)
+    unanimous = (out.sample_bits == out.sample_bits[:, :1]).all(1)
+    assert unanimous.any() and torch.equal(out.bits[unanimous], out.sample_bits[:, 0][unanimous])
+
+
 def test_bad_input_is_refused_with_a_reason():
     pipe, batch = tiny_pipeline(), channel()
     with pytest.raises(ValueError, match="disagree"):
