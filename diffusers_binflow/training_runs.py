@@ -126,7 +126,7 @@ def check_arguments(parser, args, at_least_one=()):
         "weighting_max": (0, math.inf, False, False), "uniform_fraction": (0, 1, True, True),
         "self_conditioning_probability": (0, 1, True, True),
         "likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True),
-        "sampling_likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True),
+        "sampling_likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True), "s_churn": (0, math.inf, True, False),
     }
     for name, (low, high, low_ok, high_ok) in ranges.items():
         value = getattr(args, name, None)
@@ -136,6 +136,10 @@ def check_arguments(parser, args, at_least_one=()):
         if not inside:  # also catches nan, which compares false
             parser.error(f"--{name} must be in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}, "
                          f"got {value}.")
+    if getattr(args, "s_churn", 0) > 0 and args.solver != "euler":
+        parser.error(f"--s_churn {args.s_churn:g} (the stochastic corrector; this script's default is "
+                     f"{parser.get_default('s_churn'):g}) works with --solver euler only: pass --s_churn 0 with "
+                     f"--solver {args.solver}.")
     if args.loss_type == "bce" and args.prediction_type not in LOGIT_PREDICTION_TYPES:
         parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits or "
                      "likelihood_residual.")
@@ -390,12 +394,16 @@ class EpochOrder:
         self.dataset.begin_epoch(epoch)
 
 
-def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_cap: float | None = None):
+def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_cap: float | None = None,
+                          s_churn: float = 0.0):
     """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
-    ``--solver`` and ``--sampling_likelihood_cap`` (`sampling_likelihood_cap`, or when None the recipe's
-    ``--likelihood_cap``)."""
+    ``--solver``, ``--s_churn`` (the stochastic corrector, default `s_churn`) and ``--sampling_likelihood_cap``
+    (`sampling_likelihood_cap`, or when None the recipe's ``--likelihood_cap``)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
     group.add_argument("--solver", default="euler", choices=["euler", "heun"])
+    group.add_argument("--s_churn", type=float, default=s_churn,
+                       help=f"The saved scheduler's stochastic corrector (BinaryFlowMatchScheduler's s_churn; Euler "
+                            f"only; 0: the deterministic ODE sampler); default {s_churn:g}.")
     group.add_argument("--sampling_likelihood_cap", type=float, default=sampling_likelihood_cap,
                        help="For a likelihood_residual model: the cap (nats) the saved scheduler puts on the "
                             "likelihood term when sampling (BinaryFlowMatchScheduler's likelihood_cap); default: "
@@ -410,7 +418,7 @@ def noise_scheduler_from_args(args) -> BinaryFlowMatchScheduler:
     the sampling cap on a likelihood-residual output (`add_sampler_arguments`)."""
     cap = args.likelihood_cap if args.sampling_likelihood_cap is None else args.sampling_likelihood_cap
     return BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale, solver=args.solver,
-                                    likelihood_cap=cap)
+                                    likelihood_cap=cap, s_churn=args.s_churn)
 
 
 def build_pipeline(pipeline_cls, accelerator, model, ema, model_name: str, **components):

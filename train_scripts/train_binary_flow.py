@@ -71,7 +71,7 @@ RESUME_OPTIONS = ("model_config", "resolution", *RECIPE_OPTIONS, "class_conditio
 CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean",
                  "logit_std", "uniform_fraction", "likelihood_cap", "v_clamp", "weighting_max", "bit_scale",
                  "self_conditioning", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
-                 "lr_scheduler", "use_ema", "ema_max_decay", "mixed_precision", "seed", "solver",
+                 "lr_scheduler", "use_ema", "ema_max_decay", "mixed_precision", "seed", "solver", "s_churn",
                  "sampling_likelihood_cap", "num_inference_steps", "binarize_threshold", "stochastic_binarization",
                  "resolution")
 

@@ -61,6 +61,7 @@ def test_a_short_run_writes_a_loadable_pipeline_samples_logs_and_card(published)
     pipe = BinaryFlowSequencePipeline.from_pretrained(output_dir)
     assert pipe.denoiser.config.vocab_size == len(pipe.tokenizer) == 14 and pipe.denoiser.config.max_length == 6
     assert pipe.scheduler.config.prediction_type == "logits"
+    assert (pipe.scheduler.config.solver, pipe.scheduler.config.s_churn) == ("euler", 64.0)  # the corrector
     assert len(pipe(batch_size=2, num_inference_steps=2).sequences) == 2
     assert sorted(p.name for p in (output_dir / "samples").iterdir()) == ["step_000002.txt", "step_000004.txt"]
     assert len((output_dir / "samples.txt").read_text().splitlines()) == 8
@@ -78,6 +79,7 @@ def test_a_short_run_writes_a_loadable_pipeline_samples_logs_and_card(published)
     # the default recipe: sigma around 0.5, and a denoiser that reads given tokens
     assert "| logit_std | 0.5 |" in body and "| known_probability | 0.5 |" in body
     assert "| known_span_fraction | 0.5 |" in body
+    assert "| s_churn | 64.0 |" in body and "s_churn=0.0" in body  # the sampler, and how to turn it off
     assert pipe.denoiser.config.known_conditioning
 
 
