@@ -168,7 +168,13 @@ def summarize(row: dict, per_seed: list[dict]) -> dict:
 
 
 def combine(results: list[dict]) -> dict:
-    """One result from runs that differ only in their seeds: each row's seeds joined, its mean +- std recomputed."""
+    """One result from runs that differ only in their seeds: each row's seeds joined, its mean +- std recomputed.
+    Results written before `--solvers` existed sampled ours with Euler and the peers with their own samplers, and
+    are read so."""
+    for result in results:
+        result["config"].setdefault("solvers", ["euler"])
+        for row in result["rows"]:
+            row.setdefault("solver", "own" if row["recipe"] in PEERS else "euler")
     settings = [{k: v for k, v in r["config"].items() if k not in ("seeds", "first_seed")} for r in results]
     if any(s != settings[0] for s in settings):
         raise ValueError("Only runs with the same settings (other than their seeds) can be combined.")

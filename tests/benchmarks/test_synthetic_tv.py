@@ -2,6 +2,7 @@
 whose sampling fails is recorded without ending the run."""
 
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -122,6 +123,19 @@ def test_seeds_run_apart_and_combined_equal_one_run_of_both(tmp_path):
             assert ours[key] == reference[key]
     table = (tmp_path / "combined" / "synthetic_tv.md").read_text()
     assert "runs merged with `--combine`" in table and "2 seeds" in table
+    # A result written before --solvers existed (no solver recorded) sampled with Euler, and joins as such.
+    older = json.loads(Path(parts[1]).read_text())
+    del older["config"]["solvers"]
+    older["rows"] = [{k: v for k, v in row.items() if k != "solver"} for row in older["rows"] if row["solver"] == "euler"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    newer = json.loads(Path(parts[0]).read_text())
+    newer["rows"] = [row for row in newer["rows"] if row["solver"] == "euler"]
+    newer["config"]["solvers"] = ["euler"]
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    synthetic_tv.main(["--combine", str(tmp_path / "older.json"), str(tmp_path / "newer.json"), "--output_dir",
+                       str(tmp_path / "with_older")])
+    joined = json.loads((tmp_path / "with_older" / "synthetic_tv.json").read_text())
+    assert [(row["solver"], [s["seed"] for s in row["per_seed"]]) for row in joined["rows"]] == [("euler", [0, 1])]
     for wrong, message in ([parts[0], parts[0]], "overlap"), \
             ([parts[0], str(tmp_path / "euler_only" / "synthetic_tv.json")], "same settings"):
         with pytest.raises(ValueError, match=message):
