@@ -135,6 +135,8 @@ def parse_args(argv=None):
         parser.error(f"--correlation must be in [0, 1), got {args.correlation}.")
     if not 0 <= args.csi_error_var < float("inf"):
         parser.error(f"--csi_error_var must be a finite number >= 0, got {args.csi_error_var}.")
+    if args.csi_aware and args.csi_error_var == 0:
+        parser.error("--csi_aware reads a channel estimate with a known error: it needs --csi_error_var > 0.")
     if args.csi_aware and args.correlation > 0:
         parser.error("--csi_aware reads the estimate of an i.i.d. channel: it cannot be used with --correlation.")
     if args.multilevel_cavities is None:  # what the model gets; for one bit per real symbol it means nothing

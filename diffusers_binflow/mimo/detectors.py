@@ -219,7 +219,11 @@ def list_detection(candidate_bits: torch.Tensor, distances: torch.Tensor, noise_
     scores = -distances[..., None] / (2 * noise_real[..., None])  # (B, P, 1)
     ones = candidate_bits.bool()
     combine = torch.logsumexp if output == "app" else torch.amax
-    hypothesis = lambda bit_is_one: combine(scores.masked_fill(ones != bit_is_one, -float("inf")), 1)  # noqa: E731
+
+    def hypothesis(bit_is_one: bool) -> torch.Tensor:
+        """The candidates' scores combined over those whose bit is `bit_is_one`, per bit: (B, num_bits)."""
+        return combine(scores.masked_fill(ones != bit_is_one, -float("inf")), 1)
+
     llrs = (hypothesis(True) - hypothesis(False)).nan_to_num(posinf=llr_clip, neginf=-llr_clip)
     llrs = llrs.clamp(-llr_clip, llr_clip)
     if output == "app":

@@ -149,6 +149,7 @@ def test_bad_options_are_refused(capsys):
                              (("--csi_error_var", "-0.1"), "--csi_error_var must be a finite number >= 0"),
                              (("--csi_aware", "--csi_error_var", "0.1", "--correlation", "0.5"),
                               "--csi_aware reads the estimate of an i.i.d. channel"),
+                             (("--csi_aware",), "--csi_aware reads a channel estimate with a known error"),
                              (("--bit_scale", "2"), "--bit_scale must be 1 for MIMO")):
         with pytest.raises(SystemExit):
             script.parse_args(["--output_dir", "x", *TINY, *options])
