@@ -4,6 +4,7 @@ arithmetic task ("17+25=42").
 
     python -m benchmarks.sequence_validity [--max_operand 19] [--steps 2500] [--output_dir benchmarks/results]
     python -m benchmarks.sequence_validity --smoke --output_dir /tmp/seq      # tiny sizes, seconds (the test runs this)
+    python -m benchmarks.sequence_validity --across_seeds RUN.json [RUN.json ...] --output_dir DIR   # mean ± std
 
 Data: every statement ``a+b=c`` with ``a, b`` in [0, --max_operand]; a fixed 10% of them is held out of training,
 so "novel" = valid and not a training statement. Character tokenizer ([PAD], [UNK], digits, "+", "="), sequences
@@ -36,7 +37,8 @@ a position carries:
 Per method and NFE: the valid fraction of --num_samples sequences (exact checker) with its standard error, the
 novel-valid fraction, distinct valid statements, and seconds per sample. A non-finite training loss stops that
 method's training (recorded as diverged); an NFE whose sampling the scheduler refuses is recorded as failed.
-Writes sequence_validity.json, sequence_validity.md and sequence_validity.png into --output_dir.
+Writes sequence_validity.json, sequence_validity.md and sequence_validity.png into --output_dir. --across_seeds
+summarises finished runs of one task on several seeds instead (sequence_validity_seeds.json, .md, .png).
 """
 
 import argparse
@@ -66,7 +68,7 @@ from diffusers_binflow.sequences import (
 from diffusers_binflow.training import SEQUENCE_RECIPE, flow_matching_loss
 
 from .digit_runs import steps_for
-from .reporting import command_line, pyplot, sample_or_failure, write_results
+from .reporting import command_line, mean_std, pyplot, sample_or_failure, write_results
 from .sequence_peers import NUM_TRAIN_TIMESTEPS, build_peer, peer_loss, sample_peer
 from .training_loop import train_loop
 
@@ -231,6 +233,10 @@ def main(argv=None):
     parser.add_argument("--combine", nargs="+", metavar="JSON",
                         help="Merge the methods of runs with the same settings (e.g. run in parallel, one method "
                              "each) into --output_dir instead of running.")
+    parser.add_argument("--across_seeds", nargs="+", metavar="JSON",
+                        help="Summarise finished runs of the same task and settings on different --seed (a seed's "
+                             "methods may come from several runs) as mean ± std over the seeds of each method, into "
+                             "--output_dir (sequence_validity_seeds.*) instead of running.")
     args = parser.parse_args(argv)
     if args.infill_repeats < 1:
         parser.error(f"--infill_repeats must be at least 1, got {args.infill_repeats}.")
@@ -238,6 +244,12 @@ def main(argv=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.combine:
         write_outputs(combine([json.loads(Path(path).read_text()) for path in args.combine]), output_dir)
+        return
+    if args.across_seeds:
+        summary = across_seeds({path: json.loads(Path(path).read_text()) for path in args.across_seeds})
+        summary["command"] = command_line(__spec__.name, argv)
+        write_results(output_dir, "sequence_validity_seeds", summary, seeds_markdown(summary),
+                      lambda path: plot(summary, path))
         return
     if args.smoke:
         args.max_operand, args.steps, args.batch_size, args.hidden_size, args.num_layers = 9, 4, 16, 32, 1
@@ -295,10 +307,14 @@ def main(argv=None):
     print(markdown(result))
 
 
+def settings_of(result: dict, ignore=("methods",)) -> dict:
+    """A run's settings without the keys in `ignore`; runs from before --infill_repeats completed each prompt once."""
+    return {"infill_repeats": 1, **{k: v for k, v in result["config"].items() if k not in ignore}}
+
+
 def combine(results: list[dict]) -> dict:
     """One result from runs that differ only in their methods; every method keeps the run that trained it."""
-    # Runs from before --infill_repeats completed each prompt once.
-    settings = [{"infill_repeats": 1, **{k: v for k, v in r["config"].items() if k != "methods"}} for r in results]
+    settings = [settings_of(r) for r in results]
     if any(s != settings[0] for s in settings):
         raise ValueError("Only runs with the same settings (other than --methods) can be combined.")
     methods = {name: entry for r in results for name, entry in r["methods"].items()}
@@ -307,6 +323,94 @@ def combine(results: list[dict]) -> dict:
             "wall_seconds": max(r["wall_seconds"] for r in results),
             "complete": all(len(e["by_nfe"]) == len(nfes_of(name, settings[0]["nfe"], results[0]["data"]))
                             for name, e in methods.items())}
+
+
+SEED_SCORES = {"valid": "valid_fraction", "novel valid": "novel_valid_fraction", "infill": "infill_accuracy"}
+
+
+def across_seeds(runs: dict[str, dict]) -> dict:
+    """Per method and NFE, the mean ± std over seeds of the valid, novel-valid and infill fractions, from finished
+    `runs` (path -> result) that differ only in --seed, --methods and --infill_repeats.
+
+    A method may appear in several runs of one seed only if they agree on every valid fraction (training and
+    sampling are deterministic for a seed, so a disagreement means different code or settings: refused); the run
+    with more infill repeats then gives the infill figure. Failed samplings count as missing (reported per NFE)."""
+    ignore = ("methods", "seed", "infill_repeats")
+    paths = list(runs)
+    for path in paths:
+        if not runs[path].get("complete", False):
+            raise ValueError(f"{path} is a partial run (not every method finished); summarise finished runs only.")
+        if settings_of(runs[path], ignore) != settings_of(runs[paths[0]], ignore):
+            raise ValueError(f"{path} has other settings than {paths[0]} (only --seed, --methods and "
+                             "--infill_repeats may differ).")
+    chosen = {}  # (method, seed) -> (path, entry)
+    for path in paths:
+        seed = runs[path]["config"]["seed"]
+        for name, entry in runs[path]["methods"].items():
+            if (name, seed) in chosen:
+                other_path, other = chosen[name, seed]
+                if valid_by_nfe(other) != valid_by_nfe(entry):
+                    raise ValueError(f"{name!r} on seed {seed} differs between {other_path} and {path}; pass one.")
+                if infill_repeats(runs[path]) <= infill_repeats(runs[other_path]):
+                    continue
+            chosen[name, seed] = (path, entry)
+    methods = {}
+    for (name, seed), (path, entry) in chosen.items():
+        methods.setdefault(name, {"seeds": [], "runs": {}, "by_nfe": {}})
+        methods[name]["seeds"].append(seed)
+        methods[name]["runs"][str(seed)] = path
+        for row in entry["by_nfe"]:
+            methods[name]["by_nfe"].setdefault(row["nfe"], []).append({"seed": seed, **row})
+    for name, method in methods.items():
+        method["seeds"].sort()
+        method["by_nfe"] = [{"nfe": nfe, "seeds": [r["seed"] for r in rows],
+                             "failed": sum("failed" in r for r in rows),
+                             **{score: mean_std([r.get(key) for r in rows]) for score, key in SEED_SCORES.items()},
+                             "valid_per_seed": {str(r["seed"]): r.get("valid_fraction") for r in rows}}
+                            for nfe, rows in sorted(method["by_nfe"].items())]
+    first = runs[paths[0]]
+    return {"runs": {path: runs[path]["command"] for path in paths}, "config": settings_of(first, ignore),
+            "data": first["data"], "methods": methods}
+
+
+def fraction(stat: dict) -> str:
+    """A `mean_std` of fractions as "0.955 ± 0.018" (one seed: the value alone)."""
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3f}" + (f" ± {stat['std']:.3f}" if stat["n"] > 1 else "")
+
+
+def valid_by_nfe(entry: dict) -> dict:
+    return {row["nfe"]: row.get("valid_fraction") for row in entry["by_nfe"]}
+
+
+def infill_repeats(result: dict) -> int:
+    return result["data"].get("infill_repeats", 1)
+
+
+def seeds_markdown(summary: dict) -> str:
+    config, data = summary["config"], summary["data"]
+    lines = [f"# Exact validity vs NFE on {TASK_TITLES[data.get('task', 'arithmetic')]}, mean ± std over seeds", "",
+             f"Command: `{summary['command']}`  ",
+             f"Task: {task_description(config, data)}; {config['steps']} Adam steps of {config['batch_size']}, "
+             f"{config['num_samples']} samples per NFE and seed. Each cell: mean ± std over the seeds in the "
+             "method's row (population std; a seed whose sampling failed at an NFE is left out and counted).", "",
+             "| method | seeds | " + " | ".join(f"NFE {n}" for n in config["nfe"]) + " | at its own NFE |",
+             "|---|---|" + "---|" * (len(config["nfe"]) + 1)]
+    for name, method in summary["methods"].items():
+        cells = {r["nfe"]: fraction(r["valid"]) + (f" ({r['failed']} failed)" if r["failed"] else "")
+                 for r in method["by_nfe"]}
+        own = "; ".join(f"{cell} at NFE {n}" for n, cell in cells.items() if n not in config["nfe"])
+        lines.append(f"| {name} | {', '.join(map(str, method['seeds']))} | "
+                     + " | ".join(cells.get(n, "") for n in config["nfe"]) + f" | {own} |")
+    lines += ["", "| method | NFE | seeds | valid | novel valid | infill | valid per seed |", "|---|---|---|---|---|---|---|"]
+    for name, method in summary["methods"].items():
+        for r in method["by_nfe"]:
+            per_seed = ", ".join(f"{seed}: {v:.3f}" for seed, v in r["valid_per_seed"].items() if v is not None)
+            lines.append(f"| {name} | {r['nfe']} | {len(r['seeds'])} | {fraction(r['valid'])} | "
+                         f"{fraction(r['novel valid'])} | {fraction(r['infill'])} | {per_seed} |")
+    lines += ["", "Runs summarised:", *(f"- `{path}`: `{command}`" for path, command in summary["runs"].items())]
+    return "\n".join(lines)
 
 
 def nfes_of(name: str, nfes: list[int], data: dict) -> list[int]:
@@ -386,19 +490,29 @@ def plot(result: dict, path: Path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, entry in result["methods"].items():
-        rows = [r for r in entry["by_nfe"] if "failed" not in r]
-        ax.errorbar([r["nfe"] for r in rows], [r["valid_fraction"] for r in rows],
-                    yerr=[r["standard_error"] for r in rows], marker="o", capsize=3, label=name)
+        points = [(r["nfe"], *valid_and_error(r)) for r in entry["by_nfe"]]
+        points = [point for point in points if point[1] is not None]
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                    capsize=3, label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("NFE (model evaluations per sample)")
     ax.set_ylabel("exact valid fraction")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{TASK_TITLES[result['data'].get('task', 'arithmetic')].capitalize()}: valid fraction vs NFE")
+    ax.set_title(f"{TASK_TITLES[result['data'].get('task', 'arithmetic')].capitalize()}: valid fraction vs NFE"
+                 + (" (mean ± std over seeds)" if "runs" in result else ""))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def valid_and_error(row: dict) -> tuple:
+    """A row's valid fraction and error bar: a run's fraction and standard error, or a summary's mean and std over
+    seeds; (None, None) where sampling failed."""
+    if "valid" in row:
+        return row["valid"]["mean"], row["valid"]["std"]
+    return (None, None) if "failed" in row else (row["valid_fraction"], row["standard_error"])
 
 
 if __name__ == "__main__":

@@ -93,6 +93,49 @@ def test_runs_of_single_methods_combine_into_one_report(smoke, tmp_path):
                                                                              *parts[1]["methods"]]
 
 
+def test_runs_on_several_seeds_summarise_as_mean_and_std_per_method(smoke, tmp_path):
+    run_benchmark("sequence_validity", "--smoke", "--seed", "1", "--methods", "ours (BCE)", "--output_dir", tmp_path)
+    seed0 = json.loads((smoke / "sequence_validity.json").read_text())
+    seed1 = json.loads((tmp_path / "sequence_validity.json").read_text())
+    # seed 0's "ours (BCE)" again in a second run of that seed, as a method re-run alongside another one
+    rerun = {**seed0, "command": "rerun", "methods": {"ours (BCE)": seed0["methods"]["ours (BCE)"]}}
+    paths = [str(smoke / "sequence_validity.json"), str(tmp_path / "sequence_validity.json"),
+             str(_write(tmp_path / "rerun.json", rerun))]
+    sequence_validity.main(["--across_seeds", *paths, "--output_dir", str(tmp_path / "seeds")])
+    summary = json.loads((tmp_path / "seeds" / "sequence_validity_seeds.json").read_text())
+    ours = summary["methods"]["ours (BCE)"]
+    assert ours["seeds"] == [0, 1] and set(summary["methods"]) == set(seed0["methods"])
+    for row, a, b in zip(ours["by_nfe"], seed0["methods"]["ours (BCE)"]["by_nfe"],
+                         seed1["methods"]["ours (BCE)"]["by_nfe"]):
+        assert row["nfe"] == a["nfe"] == b["nfe"] and row["valid"]["n"] == 2
+        assert row["valid"]["mean"] == pytest.approx((a["valid_fraction"] + b["valid_fraction"]) / 2)
+        assert row["valid"]["std"] == pytest.approx(abs(a["valid_fraction"] - b["valid_fraction"]) / 2)
+        assert row["valid_per_seed"] == {"0": a["valid_fraction"], "1": b["valid_fraction"]}
+    assert summary["methods"]["masked diffusion (MDLM loss)"]["seeds"] == [0]
+    markdown = (tmp_path / "seeds" / "sequence_validity_seeds.md").read_text()
+    assert "mean ± std over seeds" in markdown and "| ours (BCE) | 0, 1 |" in markdown and "`rerun`" in markdown
+    assert PIL.Image.open(tmp_path / "seeds" / "sequence_validity_seeds.png").size[0] > 100
+
+    def refused(match, *runs):
+        with pytest.raises(ValueError, match=match):
+            sequence_validity.across_seeds({f"run{i}": run for i, run in enumerate(runs)})
+
+    # one method and seed with other figures in two runs: different code or settings, not a summary
+    changed = json.loads(json.dumps(rerun))
+    changed["methods"]["ours (BCE)"]["by_nfe"][0]["valid_fraction"] += 0.5
+    refused("differs between run0 and run1", seed0, changed)
+    refused("other settings", seed0, {**seed1, "config": {**seed1["config"], "steps": 99}})
+    refused("partial run", seed0, {**seed1, "complete": False})
+    # the same model completing each infill prompt more often gives the more precise infill figure, in either order
+    precise = json.loads(json.dumps(rerun))
+    precise["data"]["infill_repeats"] = 3
+    for row in precise["methods"]["ours (BCE)"]["by_nfe"]:
+        row["infill_accuracy"] = 0.25
+    for runs in ([seed0, precise], [precise, seed0]):
+        summary = sequence_validity.across_seeds({f"run{i}": run for i, run in enumerate(runs)})
+        assert all(row["infill"]["mean"] == 0.25 for row in summary["methods"]["ours (BCE)"]["by_nfe"])
+
+
 def _write(path: Path, obj: dict) -> Path:
     path.write_text(json.dumps(obj))
     return path
