@@ -38,7 +38,9 @@ Per method and NFE: the valid fraction of --num_samples sequences (exact checker
 novel-valid fraction, distinct valid statements, and seconds per sample. A non-finite training loss stops that
 method's training (recorded as diverged); an NFE whose sampling the scheduler refuses is recorded as failed.
 Writes sequence_validity.json, sequence_validity.md and sequence_validity.png into --output_dir. --across_seeds
-summarises finished runs of one task on several seeds instead (sequence_validity_seeds.json, .md, .png).
+summarises finished runs of one task on several seeds instead (sequence_validity_seeds.json, .md, .png). With
+--cache_dir each trained model is kept (weights and training record), and a later run with the same training settings
+loads it instead of training again, e.g. to sample it another way.
 """
 
 import argparse
@@ -47,6 +49,7 @@ import math
 import os
 import platform
 import random
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -133,6 +136,39 @@ def train(method: dict, token_ids: torch.Tensor, vocab_size: int, length: int, a
                           observe=observe)
     return training.model, {"train_seconds": round(training.train_seconds, 1), "diverged": training.diverged,
                             "final_loss_ema": None if running is None else round(running, 5), "loss_curve": curve}
+
+
+# The settings that decide a training: a cached model is reused only by a run that agrees on all of them.
+TRAINING_SETTINGS = ("task", "max_operand", "max_length", "steps", "batch_size", "learning_rate", "cosine_decay",
+                     "hidden_size", "num_layers", "num_heads", "seed")
+
+
+def train_or_load(training_name: str, token_ids: torch.Tensor, vocab_size: int, length: int, args):
+    """`train` the method `training_name`, or with --cache_dir load the model this very training left there before
+    (its weights and record); a model cached under other settings is refused, never reused."""
+    method = METHODS[training_name]
+    if args.cache_dir is None:
+        return train(method, token_ids, vocab_size, length, args)
+    settings = {key: getattr(args, key) for key in TRAINING_SETTINGS}
+    slug = re.sub(r"[^a-z0-9]+", "-", training_name.lower()).strip("-")
+    folder = Path(args.cache_dir) / slug / f"{args.task}-seed{args.seed}-steps{args.steps}"
+    if (folder / "run.json").is_file():
+        cached = json.loads((folder / "run.json").read_text())
+        if cached["settings"] != settings:
+            differ = sorted(k for k in settings if cached["settings"].get(k) != settings[k])
+            raise SystemExit(f"{folder} holds a model trained with other settings ({', '.join(differ)}); pass "
+                             "another --cache_dir or delete it.")
+        model = build_model(method, vocab_size, length, args)
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        print(f"  loaded from {folder}", flush=True)
+        return model.eval(), cached["record"]
+    model, record = train(method, token_ids, vocab_size, length, args)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    # run.json last, and by rename: a run killed while saving leaves no record, so the model is trained again.
+    (folder / "run.json.tmp").write_text(json.dumps({"settings": settings, "record": record}, indent=1))
+    (folder / "run.json.tmp").replace(folder / "run.json")
+    return model, record
 
 
 def evaluate(method: dict, model, tokenizer, task, train_texts: set, prompts: dict, length: int, nfe: int,
@@ -233,6 +269,9 @@ def main(argv=None):
     parser.add_argument("--combine", nargs="+", metavar="JSON",
                         help="Merge the methods of runs with the same settings (e.g. run in parallel, one method "
                              "each) into --output_dir instead of running.")
+    parser.add_argument("--cache_dir", default=None,
+                        help="Keep each trained model here and load it, instead of training, in a later run with the "
+                             "same training settings (default: no cache).")
     parser.add_argument("--across_seeds", nargs="+", metavar="JSON",
                         help="Summarise finished runs of the same task and settings on different --seed (a seed's "
                              "methods may come from several runs) as mean ± std over the seeds of each method, into "
@@ -271,7 +310,8 @@ def main(argv=None):
     prompts = {key: value.repeat_interleave(args.infill_repeats, 0) for key, value in prompts.items()}
     result = {
         "command": command_line(__spec__.name, argv),
-        "config": {k: v for k, v in vars(args).items() if k != "output_dir"},
+        # Where models are cached and what a summary reads are not settings (runs with and without them combine).
+        "config": {k: v for k, v in vars(args).items() if k not in ("output_dir", "cache_dir", "across_seeds")},
         "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "platform": platform.platform()},
         "data": {"task": task.name, "train_statements": len(train_texts), "heldout_statements": len(heldout_texts),
@@ -286,7 +326,7 @@ def main(argv=None):
         print(f"{name}:", flush=True)
         training_name = method.get("trained_as", name)
         if training_name not in trained:
-            trained[training_name] = train(METHODS[training_name], token_ids, vocab_size, length, args)
+            trained[training_name] = train_or_load(training_name, token_ids, vocab_size, length, args)
         model, record = trained[training_name]
         entry = {"num_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad), **record}
         print(f"  {entry['num_parameters']:,} parameters, diverged: {record['diverged']}", flush=True)

@@ -136,6 +136,28 @@ def test_runs_on_several_seeds_summarise_as_mean_and_std_per_method(smoke, tmp_p
         assert all(row["infill"]["mean"] == 0.25 for row in summary["methods"]["ours (BCE)"]["by_nfe"])
 
 
+def test_a_cached_model_is_loaded_by_a_run_with_its_settings_and_refused_by_another(tmp_path):
+    cache = tmp_path / "cache"
+    args = ["--smoke", "--methods", "ours (BCE, known tokens)", "ours (BCE, known tokens, corrector s_churn 16)",
+            "--cache_dir", cache]
+    first = run_benchmark("sequence_validity", *args, "--output_dir", tmp_path / "first")
+    again = run_benchmark("sequence_validity", *args, "--output_dir", tmp_path / "again")
+    assert "loaded from" not in first and again.count("loaded from") == 1  # one training, shared by both samplers
+    results = [json.loads((tmp_path / run / "sequence_validity.json").read_text()) for run in ("first", "again")]
+    # the same weights and record: sampling (seeded) gives the very same texts; only the sampling time differs
+    for result in results:
+        for entry in result["methods"].values():
+            for row in entry["by_nfe"]:
+                assert row.pop("seconds_per_sample") > 0
+    assert results[0]["methods"] == results[1]["methods"]
+    # a run killed while saving left no record: the model is trained again, not half-loaded
+    (record,) = cache.glob("*/*/run.json")
+    record.unlink()
+    assert "loaded from" not in run_benchmark("sequence_validity", *args, "--output_dir", tmp_path / "retrained")
+    with pytest.raises(SystemExit, match="other settings \\(learning_rate\\)"):
+        sequence_validity.main([*map(str, args), "--learning_rate", "0.01", "--output_dir", str(tmp_path / "other")])
+
+
 def _write(path: Path, obj: dict) -> Path:
     path.write_text(json.dumps(obj))
     return path
