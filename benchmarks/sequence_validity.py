@@ -26,7 +26,8 @@ a position carries:
 - ours (BCE, known tokens, mixed sigma, Heun): trained with a third of the sigmas uniform (`uniform_fraction`
   1/3, the density that covers both ends on the exact distributions), sampled with Heun;
 - ours (BCE, known tokens, corrector s_churn 4 / 16 / 64): the known-tokens model (one training, shared with it when
-  both run) sampled with the scheduler's stochastic corrector (`s_churn`, window sigma in [0.05, 0.7]);
+  both run) sampled with the scheduler's stochastic corrector (`s_churn`, window sigma in [0.05, 0.7]); likewise
+  ours (BCE, known tokens and spans, corrector s_churn 64), the sequence script's default model and sampler;
 - ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
   the vocabulary out: D3PM uniform-state diffusion sampled with diffusers' `DiscreteDDIMScheduler` (NFE steps,
@@ -90,6 +91,10 @@ METHODS = {
     **{f"ours (BCE, known tokens, corrector s_churn {churn})": {**KNOWN_TOKENS, "s_churn": churn,
                                                                  "trained_as": "ours (BCE, known tokens)"}
        for churn in (4, 16, 64)},
+    # The sequence script's default: the spans model with the corrector its pipelines save.
+    "ours (BCE, known tokens and spans, corrector s_churn 64)": {**KNOWN_TOKENS, "known_span_fraction": 0.5,
+                                                                 "s_churn": 64,
+                                                                 "trained_as": "ours (BCE, known tokens and spans)"},
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),

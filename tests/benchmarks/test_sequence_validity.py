@@ -198,6 +198,10 @@ def test_the_corrector_methods_share_the_known_tokens_training_and_only_sample_d
     for churn in (4, 16):
         entry = methods[f"ours (BCE, known tokens, corrector s_churn {churn})"]
         assert (entry["loss_curve"], entry["train_seconds"]) == (base["loss_curve"], base["train_seconds"])
+    spans, spans_corrector = (methods[f"ours (BCE, known tokens and spans{suffix})"]
+                              for suffix in ("", ", corrector s_churn 64"))
+    assert (spans_corrector["loss_curve"], spans_corrector["train_seconds"]) == (spans["loss_curve"],
+                                                                                 spans["train_seconds"])
     tokenizer = train_tokenizer(["17+25=42", "13+14=27"], "char")
     model = sequence_validity.build_model(sequence_validity.METHODS["ours (BCE, known tokens)"], len(tokenizer), 8,
                                           SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2)).eval()
