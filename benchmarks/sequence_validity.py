@@ -537,8 +537,9 @@ def plot(result: dict, path: Path):
     for name, entry in result["methods"].items():
         points = [(r["nfe"], *valid_and_error(r)) for r in entry["by_nfe"]]
         points = [point for point in points if point[1] is not None]
+        seeds = entry.get("seeds")  # a summary over seeds says how many each method had
         ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                    capsize=3, label=name)
+                    capsize=3, label=name if seeds is None else f"{name}, {len(seeds)} seed{'s' * (len(seeds) > 1)}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("NFE (model evaluations per sample)")
     ax.set_ylabel("exact valid fraction")
