@@ -169,10 +169,13 @@ def train_or_load(training_name: str, token_ids: torch.Tensor, vocab_size: int, 
         return model.eval(), cached["record"]
     model, record = train(method, token_ids, vocab_size, length, args)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "model.pt")
-    # run.json last, and by rename: a run killed while saving leaves no record, so the model is trained again.
-    (folder / "run.json.tmp").write_text(json.dumps({"settings": settings, "record": record}, indent=1))
-    (folder / "run.json.tmp").replace(folder / "run.json")
+    # Each file whole or not at all (written aside, then renamed), run.json last: a run killed while saving leaves no
+    # record, so the model is trained again; two runs saving the same training at once leave one complete copy.
+    aside = f".{os.getpid()}.tmp"
+    torch.save(model.state_dict(), folder / f"model.pt{aside}")
+    (folder / f"model.pt{aside}").replace(folder / "model.pt")
+    (folder / f"run.json{aside}").write_text(json.dumps({"settings": settings, "record": record}, indent=1))
+    (folder / f"run.json{aside}").replace(folder / "run.json")
     return model, record
 
 
@@ -448,7 +451,8 @@ def seeds_markdown(summary: dict) -> str:
         own = "; ".join(f"{cell} at NFE {n}" for n, cell in cells.items() if n not in config["nfe"])
         lines.append(f"| {name} | {', '.join(map(str, method['seeds']))} | "
                      + " | ".join(cells.get(n, "") for n in config["nfe"]) + f" | {own} |")
-    lines += ["", "| method | NFE | seeds | valid | novel valid | infill | valid per seed |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| method | NFE | seeds | valid | novel valid | infill | valid per seed |",
+              "|---|---|---|---|---|---|---|"]
     for name, method in summary["methods"].items():
         for r in method["by_nfe"]:
             per_seed = ", ".join(f"{seed}: {v:.3f}" for seed, v in r["valid_per_seed"].items() if v is not None)

@@ -139,10 +139,13 @@ def test_runs_on_several_seeds_summarise_as_mean_and_std_per_method(smoke, tmp_p
 def test_a_cached_model_is_loaded_by_a_run_with_its_settings_and_refused_by_another(tmp_path):
     cache = tmp_path / "cache"
     args = ["--smoke", "--methods", "ours (BCE, known tokens)", "ours (BCE, known tokens, corrector s_churn 16)",
-            "--cache_dir", cache]
+            "masked diffusion (MDLM loss)", "--cache_dir", cache]
     first = run_benchmark("sequence_validity", *args, "--output_dir", tmp_path / "first")
     again = run_benchmark("sequence_validity", *args, "--output_dir", tmp_path / "again")
-    assert "loaded from" not in first and again.count("loaded from") == 1  # one training, shared by both samplers
+    # one training shared by both samplers, and the peer's
+    assert "loaded from" not in first and again.count("loaded from") == 2
+    assert sorted(path.name for path in cache.rglob("*") if path.is_file()) == ["model.pt", "model.pt", "run.json",
+                                                                                "run.json"]  # nothing left aside
     results = [json.loads((tmp_path / run / "sequence_validity.json").read_text()) for run in ("first", "again")]
     # the same weights and record: sampling (seeded) gives the very same texts; only the sampling time differs
     for result in results:
@@ -151,9 +154,10 @@ def test_a_cached_model_is_loaded_by_a_run_with_its_settings_and_refused_by_anot
                 assert row.pop("seconds_per_sample") > 0
     assert results[0]["methods"] == results[1]["methods"]
     # a run killed while saving left no record: the model is trained again, not half-loaded
-    (record,) = cache.glob("*/*/run.json")
+    record = next(cache.glob("ours-bce-known-tokens/*/run.json"))
     record.unlink()
-    assert "loaded from" not in run_benchmark("sequence_validity", *args, "--output_dir", tmp_path / "retrained")
+    retrained = run_benchmark("sequence_validity", *args, "--output_dir", tmp_path / "retrained")
+    assert retrained.count("loaded from") == 1 and record.is_file()
     with pytest.raises(SystemExit, match="other settings \\(learning_rate\\)"):
         sequence_validity.main([*map(str, args), "--learning_rate", "0.01", "--output_dir", str(tmp_path / "other")])
 
