@@ -454,9 +454,7 @@ def seeds_markdown(summary: dict) -> str:
     for name, method in summary["methods"].items():
         cells = {r["nfe"]: fraction(r["valid"]) + (f" ({r['failed']} failed)" if r["failed"] else "")
                  for r in method["by_nfe"]}
-        own = "; ".join(f"{cell} at NFE {n}" for n, cell in cells.items() if n not in config["nfe"])
-        lines.append(f"| {name} | {', '.join(map(str, method['seeds']))} | "
-                     + " | ".join(cells.get(n, "") for n in config["nfe"]) + f" | {own} |")
+        lines.append(f"| {name} | {', '.join(map(str, method['seeds']))} | " + nfe_cells(cells, config["nfe"]))
     lines += ["", "| method | NFE | seeds | valid | novel valid | infill | valid per seed |",
               "|---|---|---|---|---|---|---|"]
     for name, method in summary["methods"].items():
@@ -466,6 +464,13 @@ def seeds_markdown(summary: dict) -> str:
                          f"{fraction(r['novel valid'])} | {fraction(r['infill'])} | {per_seed} |")
     lines += ["", "Runs summarised:", *(f"- `{path}`: `{command}`" for path, command in summary["runs"].items())]
     return "\n".join(lines)
+
+
+def nfe_cells(cells: dict, nfes: list[int]) -> str:
+    """The end of a table row: a cell per NFE asked for, then the cells at a method's own NFE (the autoregressive
+    model's one evaluation per position) in the last column."""
+    own = "; ".join(f"{cell} at NFE {n}" for n, cell in cells.items() if n not in nfes)
+    return " | ".join(cells.get(n, "") for n in nfes) + f" | {own} |"
 
 
 def nfes_of(name: str, nfes: list[int], data: dict) -> list[int]:
@@ -506,9 +511,8 @@ def markdown(result: dict) -> str:
     for name, entry in result["methods"].items():
         cells = {r["nfe"]: "n/a (sampling failed)" if "failed" in r else
                  f"{r['valid_fraction']:.3f} ({r['standard_error']:.3f})" for r in entry["by_nfe"]}
-        own = "; ".join(f"{cell} at NFE {n}" for n, cell in cells.items() if n not in config["nfe"])
         lines.append(f"| {name} | {entry['num_parameters']:,} | {entry['train_seconds']} | {entry['final_loss_ema']} | "
-                     + " | ".join(cells.get(n, "") for n in config["nfe"]) + f" | {own} |")
+                     + nfe_cells(cells, config["nfe"]))
     lines += ["", "| method | NFE | valid | novel valid | distinct valid | infill | s/sample | examples |",
               "|---|---|---|---|---|---|---|---|"]
     for name, entry in result["methods"].items():
