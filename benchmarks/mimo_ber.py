@@ -8,9 +8,9 @@ knowledge (the receiver sees H + E, E i.i.d. CN(0, 0.02); 8 bits per channel use
 the reference), 8x8 16-QAM (32 bits) and 16x16 QPSK (32 bits; K-best). The classical detectors are Sionna's but EP
 (`diffusers_binflow.mimo.detectors`). With imperfect knowledge every detector, ours included, is fed the estimate as
 if it were exact, or ("aware") as `channel_given_estimate` reads it knowing the error's variance, where ML is
-optimal. Our models (BCE x-loss, MSE x-loss and the misaligned x-prediction + v-loss) are trained by `train_scripts/train_mimo.py` into --models_dir
-(on the system's channel, estimate included) unless this run's command already trained one there; the commands
-are recorded.
+optimal. Our models (BCE x-loss, MSE x-loss and the misaligned x-prediction + v-loss) are trained by
+`train_scripts/train_mimo.py` into --models_dir (on the system's channel, estimate included) unless this run's
+command already trained one there; the commands are recorded.
 Ours is measured in two ways: one step (the denoiser's P(bit | y) at sigma = 1, thresholded) and as a list detector
 over posterior samples (`aggregation="likelihood"`: the sample closest to y in ``||y - H s||^2``; on 4x4 QPSK also
 `"app"`: each bit's posterior over the distinct samples); the NFE column counts network evaluations per channel use

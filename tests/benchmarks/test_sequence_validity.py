@@ -162,6 +162,28 @@ def test_a_cached_model_is_loaded_by_a_run_with_its_settings_and_refused_by_anot
         sequence_validity.main([*map(str, args), "--learning_rate", "0.01", "--output_dir", str(tmp_path / "other")])
 
 
+def test_two_runs_saving_one_training_at_once_leave_one_whole_copy(tmp_path):
+    """Two processes train the same method into one cache at the same time: both finish, nothing is left aside, and
+    a third run loads what they saved."""
+    import subprocess
+    import sys
+
+    from tests.benchmarks.helpers import ROOT
+
+    args = ["--smoke", "--methods", "ours (BCE, known tokens)", "--cache_dir", str(tmp_path / "cache")]
+    runs = [subprocess.Popen([sys.executable, "-m", "benchmarks.sequence_validity", *args, "--output_dir",
+                              str(tmp_path / f"run{i}")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for i in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()) == ["model.pt", "run.json"]
+    third = run_benchmark("sequence_validity", *args, "--output_dir", tmp_path / "third")
+    assert third.count("loaded from") == 1
+    valid = [[row["valid_fraction"] for row in json.loads((tmp_path / run / "sequence_validity.json").read_text())[
+        "methods"]["ours (BCE, known tokens)"]["by_nfe"]] for run in ("run0", "run1", "third")]
+    assert valid[0] == valid[1] == valid[2]  # the loaded copy samples as the trained one did
+
+
 def _write(path: Path, obj: dict) -> Path:
     path.write_text(json.dumps(obj))
     return path

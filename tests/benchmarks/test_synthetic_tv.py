@@ -2,8 +2,8 @@
 whose sampling fails is recorded without ending the run."""
 
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,7 +126,8 @@ def test_seeds_run_apart_and_combined_equal_one_run_of_both(tmp_path):
     # A result written before --solvers existed (no solver recorded) sampled with Euler, and joins as such.
     older = json.loads(Path(parts[1]).read_text())
     del older["config"]["solvers"]
-    older["rows"] = [{k: v for k, v in row.items() if k != "solver"} for row in older["rows"] if row["solver"] == "euler"]
+    older["rows"] = [{k: v for k, v in row.items() if k != "solver"} for row in older["rows"]
+                     if row["solver"] == "euler"]
     (tmp_path / "older.json").write_text(json.dumps(older))
     newer = json.loads(Path(parts[0]).read_text())
     newer["rows"] = [row for row in newer["rows"] if row["solver"] == "euler"]
