@@ -28,7 +28,8 @@ a position carries:
 - ours (BCE, known tokens, corrector s_churn 4 / 16 / 64): the known-tokens model (one training, shared with it when
   both run) sampled with the scheduler's stochastic corrector (`s_churn`, window sigma in [0.05, 0.7]); likewise
   ours (BCE, known tokens and spans, corrector s_churn 64), the sequence script's default model and sampler; and
-  ours (BCE, known tokens, corrector s_churn 64, s_tmax 0.9 / 1), the window reaching further to the noise end;
+  ours (BCE, known tokens, corrector s_churn 64, s_tmax 0.9 / 1), the window reaching further to the noise end,
+  and ours (BCE, known tokens, corrector s_churn 64, shift 0.5 / 2 / 3), its grid moved by `shift`;
 - ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
   the vocabulary out: D3PM uniform-state diffusion sampled with diffusers' `DiscreteDDIMScheduler` (NFE steps,
@@ -96,6 +97,10 @@ METHODS = {
     **{f"ours (BCE, known tokens, corrector s_churn 64, s_tmax {tmax:g})": {
         **KNOWN_TOKENS, "s_churn": 64, "s_tmax": tmax, "trained_as": "ours (BCE, known tokens)"}
        for tmax in (0.9, 1.0)},
+    # The corrector on a grid moved towards noise (shift > 1) or towards the data (shift < 1), `set_timesteps`'s shift.
+    **{f"ours (BCE, known tokens, corrector s_churn 64, shift {shift:g})": {
+        **KNOWN_TOKENS, "s_churn": 64, "shift": shift, "trained_as": "ours (BCE, known tokens)"}
+       for shift in (0.5, 2.0, 3.0)},
     # The sequence script's default: the spans model with the corrector its pipelines save.
     "ours (BCE, known tokens and spans, corrector s_churn 64)": {**KNOWN_TOKENS, "known_span_fraction": 0.5,
                                                                  "s_churn": 64,
@@ -219,9 +224,8 @@ def generate(method: dict, model, tokenizer, n: int, length: int, nfe: int, gene
         ids = sample_peer(method["kind"], model, n, length, len(tokenizer), nfe, generator, known, keep)
         return ids_to_texts(tokenizer, ids)  # as the pipeline decodes: unk stays visible
     solver = method.get("solver", "euler")
-    scheduler = BinaryFlowMatchScheduler(prediction_type=method["recipe"].prediction_type, solver=solver,
-                                         s_churn=method.get("s_churn", 0.0),
-                                         **({"s_tmax": method["s_tmax"]} if "s_tmax" in method else {}))
+    sampler = {key: method[key] for key in ("s_churn", "s_tmax", "shift") if key in method}
+    scheduler = BinaryFlowMatchScheduler(prediction_type=method["recipe"].prediction_type, solver=solver, **sampler)
     pipe = BinaryFlowSequencePipeline(denoiser=model, scheduler=scheduler, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     conditioning = {} if known is None else {"input_ids": known, "infill_mask": to_generate.long()}

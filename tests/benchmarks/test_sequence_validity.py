@@ -231,18 +231,26 @@ def test_the_corrector_methods_share_the_known_tokens_training_and_only_sample_d
     tokenizer = train_tokenizer(["17+25=42", "13+14=27"], "char")
     model = sequence_validity.build_model(sequence_validity.METHODS["ours (BCE, known tokens)"], len(tokenizer), 8,
                                           SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2)).eval()
-    states = {}
+    states, timesteps = {}, {}
     for name in ("ours (BCE, known tokens)", "ours (BCE, known tokens, corrector s_churn 16)",
-                 "ours (BCE, known tokens, corrector s_churn 64, s_tmax 1)"):
-        seen = states.setdefault(name, [])
-        hook = model.register_forward_hook(lambda module, args, kwargs, output, seen=seen: seen.append(args[0]),
-                                           with_kwargs=True)
+                 "ours (BCE, known tokens, corrector s_churn 64, s_tmax 1)",
+                 "ours (BCE, known tokens, corrector s_churn 64, shift 2)"):
+        seen, times = states.setdefault(name, []), timesteps.setdefault(name, [])
+
+        def record(module, args, output, seen=seen, times=times):  # returns None: the output is left as it is
+            seen.append(args[0])
+            times.append(float(args[1][0]))
+
+        hook = model.register_forward_hook(record)
         sequence_validity.generate(sequence_validity.METHODS[name], model, tokenizer, 4, 8, 8,
                                    torch.Generator().manual_seed(0))
         hook.remove()
-    euler, corrected, wide = states.values()
+    euler, corrected, wide, _ = states.values()
     # the same seed and start; the corrector then re-noises inside its window, so the model sees other states
     assert len(euler) == len(corrected) == 8 and torch.equal(euler[0], corrected[0])
     assert not all(torch.equal(a, b) for a, b in zip(euler, corrected))
     # the second evaluation is at sigma 7/8: outside the default window [0.05, 0.7], inside [0.05, 1]
     assert torch.equal(corrected[1], euler[1]) and not torch.equal(wide[1], euler[1])
+    # the shifted grid: sigma 7/8 moved to 2 (7/8) / (1 + 7/8), outside the window, so evaluated there unchurned
+    assert timesteps["ours (BCE, known tokens)"][1] == pytest.approx(1000 * 7 / 8)
+    assert timesteps["ours (BCE, known tokens, corrector s_churn 64, shift 2)"][1] == pytest.approx(1000 * 14 / 15)
