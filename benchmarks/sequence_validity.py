@@ -279,7 +279,8 @@ def main(argv=None):
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--sample_batch_size", type=int, default=500)
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
-                        help="Default: ours (BCE), ours (BCE, known tokens) and the peers; --smoke runs all.")
+                        help="Default: ours (BCE), ours (BCE, known tokens) and the peers; --smoke runs all. With "
+                             "--across_seeds: summarise these methods only (default: every method of the runs).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output_dir", default="benchmarks/results")
@@ -303,7 +304,8 @@ def main(argv=None):
         write_outputs(combine([json.loads(Path(path).read_text()) for path in args.combine]), output_dir)
         return
     if args.across_seeds:
-        summary = across_seeds({path: json.loads(Path(path).read_text()) for path in args.across_seeds})
+        summary = across_seeds({path: json.loads(Path(path).read_text()) for path in args.across_seeds},
+                               args.methods)
         summary["command"] = command_line(__spec__.name, argv)
         write_results(output_dir, "sequence_validity_seeds", summary, seeds_markdown(summary),
                       lambda path: plot(summary, path))
@@ -386,9 +388,10 @@ def combine(results: list[dict]) -> dict:
 SEED_SCORES = {"valid": "valid_fraction", "novel valid": "novel_valid_fraction", "infill": "infill_accuracy"}
 
 
-def across_seeds(runs: dict[str, dict]) -> dict:
+def across_seeds(runs: dict[str, dict], methods: list[str] | None = None) -> dict:
     """Per method and NFE, the mean ± std over seeds of the valid, novel-valid and infill fractions, from finished
-    `runs` (path -> result) that differ only in --seed, --methods and --infill_repeats.
+    `runs` (path -> result) that differ only in --seed, --methods and --infill_repeats; with `methods`, of those
+    only (a run's other methods are left out, unchecked).
 
     A method may appear in several runs of one seed only if they agree on every valid fraction (training and
     sampling are deterministic for a seed, so a disagreement means different code or settings: refused); the run
@@ -405,6 +408,8 @@ def across_seeds(runs: dict[str, dict]) -> dict:
     for path in paths:
         seed = runs[path]["config"]["seed"]
         for name, entry in runs[path]["methods"].items():
+            if methods is not None and name not in methods:
+                continue
             if (name, seed) in chosen:
                 other_path, other = chosen[name, seed]
                 if valid_by_nfe(other) != valid_by_nfe(entry):

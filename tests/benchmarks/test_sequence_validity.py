@@ -124,6 +124,11 @@ def test_runs_on_several_seeds_summarise_as_mean_and_std_per_method(smoke, tmp_p
     changed = json.loads(json.dumps(rerun))
     changed["methods"]["ours (BCE)"]["by_nfe"][0]["valid_fraction"] += 0.5
     refused("differs between run0 and run1", seed0, changed)
+    # ... unless the summary leaves that method out: the runs' other methods are then summarised
+    chosen = sequence_validity.across_seeds({"run0": seed0, "run1": changed, "run2": seed1},
+                                            methods=["masked diffusion (MDLM loss)"])
+    assert list(chosen["methods"]) == ["masked diffusion (MDLM loss)"]
+    assert chosen["methods"]["masked diffusion (MDLM loss)"]["seeds"] == [0]
     refused("other settings", seed0, {**seed1, "config": {**seed1["config"], "steps": 99}})
     refused("partial run", seed0, {**seed1, "complete": False})
     # the same model completing each infill prompt more often gives the more precise infill figure, in either order
