@@ -29,7 +29,8 @@ a position carries:
   both run) sampled with the scheduler's stochastic corrector (`s_churn`, window sigma in [0.05, 0.7]); likewise
   ours (BCE, known tokens and spans, corrector s_churn 64), the sequence script's default model and sampler; and
   ours (BCE, known tokens, corrector s_churn 64, s_tmax 0.9 / 1), the window reaching further to the noise end,
-  and ours (BCE, known tokens, corrector s_churn 64, shift 0.5 / 2 / 3), its grid moved by `shift`;
+  and ours (BCE, known tokens, corrector s_churn 64, shift 0.25 / 0.5 / 2 / 3), its grid moved by `shift`
+  (ours (BCE, known tokens, shift 0.5): Euler on such a grid);
 - ours (MSE): the same as ours (BCE) with x-prediction and x-space MSE;
 - the token-level peers of `sequence_peers.py`, same backbone width and depth, token embeddings in and logits over
   the vocabulary out: D3PM uniform-state diffusion sampled with diffusers' `DiscreteDDIMScheduler` (NFE steps,
@@ -97,10 +98,12 @@ METHODS = {
     **{f"ours (BCE, known tokens, corrector s_churn 64, s_tmax {tmax:g})": {
         **KNOWN_TOKENS, "s_churn": 64, "s_tmax": tmax, "trained_as": "ours (BCE, known tokens)"}
        for tmax in (0.9, 1.0)},
-    # The corrector on a grid moved towards noise (shift > 1) or towards the data (shift < 1), `set_timesteps`'s shift.
+    # The corrector on a grid moved towards noise (shift > 1) or towards the data (shift < 1), `set_timesteps`'s shift;
+    # and Euler on the grid moved towards the data, to tell the grid's part from the corrector's.
+    "ours (BCE, known tokens, shift 0.5)": {**KNOWN_TOKENS, "shift": 0.5, "trained_as": "ours (BCE, known tokens)"},
     **{f"ours (BCE, known tokens, corrector s_churn 64, shift {shift:g})": {
         **KNOWN_TOKENS, "s_churn": 64, "shift": shift, "trained_as": "ours (BCE, known tokens)"}
-       for shift in (0.5, 2.0, 3.0)},
+       for shift in (0.25, 0.5, 2.0, 3.0)},
     # The sequence script's default: the spans model with the corrector its pipelines save.
     "ours (BCE, known tokens and spans, corrector s_churn 64)": {**KNOWN_TOKENS, "known_span_fraction": 0.5,
                                                                  "s_churn": 64,
