@@ -283,7 +283,7 @@ def main(argv=None):
     parser.add_argument("--sample_batch_size", type=int, default=500)
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
                         help="Default: ours (BCE), ours (BCE, known tokens) and the peers; --smoke runs all. With "
-                             "--across_seeds: summarise these methods only (default: every method of the runs).")
+                             "--combine or --across_seeds: take these methods only (default: every method of the runs).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output_dir", default="benchmarks/results")
@@ -304,7 +304,8 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.combine:
-        write_outputs(combine([json.loads(Path(path).read_text()) for path in args.combine]), output_dir)
+        write_outputs(combine([json.loads(Path(path).read_text()) for path in args.combine], args.methods),
+                      output_dir)
         return
     if args.across_seeds:
         summary = across_seeds({path: json.loads(Path(path).read_text()) for path in args.across_seeds},
@@ -375,12 +376,14 @@ def settings_of(result: dict, ignore=("methods",)) -> dict:
     return {"infill_repeats": 1, **{k: v for k, v in result["config"].items() if k not in ignore}}
 
 
-def combine(results: list[dict]) -> dict:
-    """One result from runs that differ only in their methods; every method keeps the run that trained it."""
+def combine(results: list[dict], methods: list[str] | None = None) -> dict:
+    """One result from runs that differ only in their methods; every method keeps the run that trained it. With
+    `methods`, those only (one run's method can so be taken out on its own)."""
     settings = [settings_of(r) for r in results]
     if any(s != settings[0] for s in settings):
         raise ValueError("Only runs with the same settings (other than --methods) can be combined.")
-    methods = {name: entry for r in results for name, entry in r["methods"].items()}
+    methods = {name: entry for r in results for name, entry in r["methods"].items()
+               if methods is None or name in methods}
     return {**results[0], "command": " ; ".join(r["command"] for r in results), "methods": methods,
             "config": {**results[0]["config"], "methods": list(methods)},
             "wall_seconds": max(r["wall_seconds"] for r in results),

@@ -85,6 +85,12 @@ def test_runs_of_single_methods_combine_into_one_report(smoke, tmp_path):
     assert combined["methods"] == full["methods"] and combined["complete"]
     assert combined["command"] == " ; ".join(f"run {i}" for i in range(len(parts)))
     assert "merged with `--combine`" in (tmp_path / "combined" / "sequence_validity.md").read_text()
+    # --methods takes one method out of the full run on its own, with that run's figures
+    sequence_validity.main(["--combine", str(smoke / "sequence_validity.json"), "--methods", "ours (BCE)",
+                            "--output_dir", str(tmp_path / "taken")])
+    taken = json.loads((tmp_path / "taken" / "sequence_validity.json").read_text())
+    assert taken["methods"] == {"ours (BCE)": full["methods"]["ours (BCE)"]} and taken["complete"]
+    assert taken["config"]["methods"] == ["ours (BCE)"]
     with pytest.raises(ValueError, match="same settings"):
         sequence_validity.combine([parts[0], {**parts[1], "config": {**parts[1]["config"], "steps": 99}}])
     # a run from before --infill_repeats completed each prompt once, and combines with one that says so
