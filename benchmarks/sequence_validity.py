@@ -283,7 +283,8 @@ def main(argv=None):
     parser.add_argument("--sample_batch_size", type=int, default=500)
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
                         help="Default: ours (BCE), ours (BCE, known tokens) and the peers; --smoke runs all. With "
-                             "--combine or --across_seeds: take these methods only (default: every method of the runs).")
+                             "--combine or --across_seeds: take these methods only (default: every method of the "
+                             "runs).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output_dir", default="benchmarks/results")
@@ -378,17 +379,24 @@ def settings_of(result: dict, ignore=("methods",)) -> dict:
 
 def combine(results: list[dict], methods: list[str] | None = None) -> dict:
     """One result from runs that differ only in their methods; every method keeps the run that trained it. With
-    `methods`, those only (one run's method can so be taken out on its own)."""
+    `methods`, those alone (one run's method can so be taken out on its own)."""
     settings = [settings_of(r) for r in results]
     if any(s != settings[0] for s in settings):
         raise ValueError("Only runs with the same settings (other than --methods) can be combined.")
-    methods = {name: entry for r in results for name, entry in r["methods"].items()
-               if methods is None or name in methods}
-    return {**results[0], "command": " ; ".join(r["command"] for r in results), "methods": methods,
-            "config": {**results[0]["config"], "methods": list(methods)},
+    check_methods_present(methods, results)
+    kept = {name: entry for r in results for name, entry in r["methods"].items() if methods is None or name in methods}
+    return {**results[0], "command": " ; ".join(r["command"] for r in results), "methods": kept,
+            "config": {**results[0]["config"], "methods": list(kept)},
             "wall_seconds": max(r["wall_seconds"] for r in results),
             "complete": all(len(e["by_nfe"]) == len(nfes_of(name, settings[0]["nfe"], results[0]["data"]))
-                            for name, e in methods.items())}
+                            for name, e in kept.items())}
+
+
+def check_methods_present(methods: list[str] | None, results) -> None:
+    """Refuse a --methods choice that names a method none of `results` holds: a summary without it would look whole."""
+    missing = sorted(set(methods or ()) - {name for r in results for name in r["methods"]})
+    if missing:
+        raise ValueError(f"No run given holds {', '.join(map(repr, missing))}.")
 
 
 SEED_SCORES = {"valid": "valid_fraction", "novel valid": "novel_valid_fraction", "infill": "infill_accuracy"}
@@ -397,7 +405,7 @@ SEED_SCORES = {"valid": "valid_fraction", "novel valid": "novel_valid_fraction",
 def across_seeds(runs: dict[str, dict], methods: list[str] | None = None) -> dict:
     """Per method and NFE, the mean ± std over seeds of the valid, novel-valid and infill fractions, from finished
     `runs` (path -> result) that differ only in --seed, --methods and --infill_repeats; with `methods`, of those
-    only (a run's other methods are left out, unchecked).
+    alone (a run's other methods are left out, unchecked).
 
     A method may appear in several runs of one seed only if they agree on every valid fraction (training and
     sampling are deterministic for a seed, so a disagreement means different code or settings: refused); the run
@@ -410,6 +418,7 @@ def across_seeds(runs: dict[str, dict], methods: list[str] | None = None) -> dic
         if settings_of(runs[path], ignore) != settings_of(runs[paths[0]], ignore):
             raise ValueError(f"{path} has other settings than {paths[0]} (only --seed, --methods and "
                              "--infill_repeats may differ).")
+    check_methods_present(methods, runs.values())
     chosen = {}  # (method, seed) -> (path, entry)
     for path in paths:
         seed = runs[path]["config"]["seed"]
@@ -423,14 +432,14 @@ def across_seeds(runs: dict[str, dict], methods: list[str] | None = None) -> dic
                 if infill_repeats(runs[path]) <= infill_repeats(runs[other_path]):
                     continue
             chosen[name, seed] = (path, entry)
-    methods = {}
+    by_method = {}
     for (name, seed), (path, entry) in chosen.items():
-        methods.setdefault(name, {"seeds": [], "runs": {}, "by_nfe": {}})
-        methods[name]["seeds"].append(seed)
-        methods[name]["runs"][str(seed)] = path
+        by_method.setdefault(name, {"seeds": [], "runs": {}, "by_nfe": {}})
+        by_method[name]["seeds"].append(seed)
+        by_method[name]["runs"][str(seed)] = path
         for row in entry["by_nfe"]:
-            methods[name]["by_nfe"].setdefault(row["nfe"], []).append({"seed": seed, **row})
-    for name, method in methods.items():
+            by_method[name]["by_nfe"].setdefault(row["nfe"], []).append({"seed": seed, **row})
+    for name, method in by_method.items():
         method["seeds"].sort()
         method["by_nfe"] = [{"nfe": nfe, "seeds": [r["seed"] for r in rows],
                              "failed": sum("failed" in r for r in rows),
@@ -439,7 +448,7 @@ def across_seeds(runs: dict[str, dict], methods: list[str] | None = None) -> dic
                             for nfe, rows in sorted(method["by_nfe"].items())]
     first = runs[paths[0]]
     return {"runs": {path: runs[path]["command"] for path in paths}, "config": settings_of(first, ignore),
-            "data": first["data"], "methods": methods}
+            "data": first["data"], "methods": by_method}
 
 
 def fraction(stat: dict) -> str:

@@ -91,6 +91,9 @@ def test_runs_of_single_methods_combine_into_one_report(smoke, tmp_path):
     taken = json.loads((tmp_path / "taken" / "sequence_validity.json").read_text())
     assert taken["methods"] == {"ours (BCE)": full["methods"]["ours (BCE)"]} and taken["complete"]
     assert taken["config"]["methods"] == ["ours (BCE)"]
+    # a name that no run holds is refused, not written as an empty report
+    with pytest.raises(ValueError, match="No run given holds 'ours \\(MSE\\)'"):
+        sequence_validity.combine([parts[0]], ["ours (MSE)"])
     with pytest.raises(ValueError, match="same settings"):
         sequence_validity.combine([parts[0], {**parts[1], "config": {**parts[1]["config"], "steps": 99}}])
     # a run from before --infill_repeats completed each prompt once, and combines with one that says so
@@ -135,6 +138,8 @@ def test_runs_on_several_seeds_summarise_as_mean_and_std_per_method(smoke, tmp_p
                                             methods=["masked diffusion (MDLM loss)"])
     assert list(chosen["methods"]) == ["masked diffusion (MDLM loss)"]
     assert chosen["methods"]["masked diffusion (MDLM loss)"]["seeds"] == [0]
+    with pytest.raises(ValueError, match="No run given holds 'masked diffusion"):  # seed 1 ran ours (BCE) only
+        sequence_validity.across_seeds({"run1": seed1}, ["masked diffusion (MDLM loss)"])
     refused("other settings", seed0, {**seed1, "config": {**seed1["config"], "steps": 99}})
     refused("partial run", seed0, {**seed1, "complete": False})
     # the same model completing each infill prompt more often gives the more precise infill figure, in either order
