@@ -27,7 +27,8 @@ a position carries:
   1/3, the density that covers both ends on the exact distributions), sampled with Heun;
 - ours (BCE, known tokens, corrector s_churn 4 / 16 / 64): the known-tokens model (one training, shared with it when
   both run) sampled with the scheduler's stochastic corrector (`s_churn`, window sigma in [0.05, 0.7]); likewise
-  ours (BCE, known tokens and spans, corrector s_churn 64), the sequence script's default model and sampler; and
+  ours (BCE, known tokens and spans, corrector s_churn 64), the sequence script's default model with its earlier
+  sampler, and ours (BCE, known tokens and spans, corrector s_churn 64, shift 0.25), with the sampler it saves; and
   ours (BCE, known tokens, corrector s_churn 64, s_tmax 0.9 / 1), the window reaching further to the noise end,
   and ours (BCE, known tokens, corrector s_churn 64, shift 0.25 / 0.5 / 2 / 3), its grid moved by `shift`
   (ours (BCE, known tokens, shift 0.5): Euler on such a grid);
@@ -104,10 +105,14 @@ METHODS = {
     **{f"ours (BCE, known tokens, corrector s_churn 64, shift {shift:g})": {
         **KNOWN_TOKENS, "s_churn": 64, "shift": shift, "trained_as": "ours (BCE, known tokens)"}
        for shift in (0.25, 0.5, 2.0, 3.0)},
-    # The sequence script's default: the spans model with the corrector its pipelines save.
+    # The sequence script's default model: the spans model with the corrector on the uniform grid (its earlier sampler)
     "ours (BCE, known tokens and spans, corrector s_churn 64)": {**KNOWN_TOKENS, "known_span_fraction": 0.5,
                                                                  "s_churn": 64,
                                                                  "trained_as": "ours (BCE, known tokens and spans)"},
+    # and on the grid moved towards the data (`SEQUENCE_SAMPLING_SHIFT`), the sampler its pipelines save.
+    "ours (BCE, known tokens and spans, corrector s_churn 64, shift 0.25)": {
+        **KNOWN_TOKENS, "known_span_fraction": 0.5, "s_churn": 64, "shift": 0.25,
+        "trained_as": "ours (BCE, known tokens and spans)"},
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),

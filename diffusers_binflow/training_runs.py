@@ -127,6 +127,7 @@ def check_arguments(parser, args, at_least_one=()):
         "self_conditioning_probability": (0, 1, True, True),
         "likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True),
         "sampling_likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True), "s_churn": (0, math.inf, True, False),
+        "sampling_shift": (0, math.inf, False, False),
     }
     for name, (low, high, low_ok, high_ok) in ranges.items():
         value = getattr(args, name, None)
@@ -395,15 +396,20 @@ class EpochOrder:
 
 
 def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_cap: float | None = None,
-                          s_churn: float = 0.0):
+                          s_churn: float = 0.0, sampling_shift: float = 1.0):
     """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
-    ``--solver``, ``--s_churn`` (the stochastic corrector, default `s_churn`) and ``--sampling_likelihood_cap``
-    (`sampling_likelihood_cap`, or when None the recipe's ``--likelihood_cap``)."""
+    ``--solver``, ``--s_churn`` (the stochastic corrector, default `s_churn`), ``--sampling_shift`` (the time grid's
+    shift, default `sampling_shift`) and ``--sampling_likelihood_cap`` (`sampling_likelihood_cap`, or when None the
+    recipe's ``--likelihood_cap``)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
     group.add_argument("--solver", default="euler", choices=["euler", "heun"])
     group.add_argument("--s_churn", type=float, default=s_churn,
                        help=f"The saved scheduler's stochastic corrector (BinaryFlowMatchScheduler's s_churn; Euler "
                             f"only; 0: the deterministic ODE sampler); default {s_churn:g}.")
+    group.add_argument("--sampling_shift", type=float, default=sampling_shift,
+                       help="The saved scheduler's time-grid shift (BinaryFlowMatchScheduler's shift: below 1 moves "
+                            f"the steps towards the data end, above 1 towards noise, 1 keeps them uniform in sigma); "
+                            f"default {sampling_shift:g}.")
     group.add_argument("--sampling_likelihood_cap", type=float, default=sampling_likelihood_cap,
                        help="For a likelihood_residual model: the cap (nats) the saved scheduler puts on the "
                             "likelihood term when sampling (BinaryFlowMatchScheduler's likelihood_cap); default: "
@@ -414,11 +420,11 @@ def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_c
 
 
 def noise_scheduler_from_args(args) -> BinaryFlowMatchScheduler:
-    """The scheduler a script validates with and saves: its recipe's prediction type and bit scale, the solver, and
-    the sampling cap on a likelihood-residual output (`add_sampler_arguments`)."""
+    """The scheduler a script validates with and saves: its recipe's prediction type and bit scale, the solver, the
+    corrector, the grid's shift, and the sampling cap on a likelihood-residual output (`add_sampler_arguments`)."""
     cap = args.likelihood_cap if args.sampling_likelihood_cap is None else args.sampling_likelihood_cap
     return BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale, solver=args.solver,
-                                    likelihood_cap=cap, s_churn=args.s_churn)
+                                    likelihood_cap=cap, s_churn=args.s_churn, shift=args.sampling_shift)
 
 
 def build_pipeline(pipeline_cls, accelerator, model, ema, model_name: str, **components):

@@ -72,8 +72,8 @@ CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "
                  "logit_std", "uniform_fraction", "likelihood_cap", "v_clamp", "weighting_max", "bit_scale",
                  "self_conditioning", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
                  "lr_scheduler", "use_ema", "ema_max_decay", "mixed_precision", "seed", "solver", "s_churn",
-                 "sampling_likelihood_cap", "num_inference_steps", "binarize_threshold", "stochastic_binarization",
-                 "resolution")
+                 "sampling_shift", "sampling_likelihood_cap", "num_inference_steps", "binarize_threshold",
+                 "stochastic_binarization", "resolution")
 
 
 def parse_args(argv=None):

@@ -9,8 +9,8 @@ are generated jointly by a `transformers` encoder. Sequences are right-padded wi
 --max_length, so the model also generates where a sequence ends. The default recipe is `SEQUENCE_RECIPE`: per-bit
 logits with the x-space cross-entropy (the paper's aligned loss for independent bits), sigma drawn with
 logit(sigma) ~ N(0, 0.5) (sigma = 1 is noise), where tokens are decided. The saved pipeline samples with Euler and
-the stochastic corrector at --s_churn 64 (`SEQUENCE_SAMPLING_S_CHURN`; better from 16 steps up, worse below: pass
---s_churn 0 for a deterministic sampler).
+the stochastic corrector at --s_churn 64 on a grid moved towards the data by --sampling_shift 0.25
+(`SEQUENCE_SAMPLING_S_CHURN`, `SEQUENCE_SAMPLING_SHIFT`; --s_churn 0 --sampling_shift 1 give the plain ODE sampler).
 The result is a `BinaryFlowSequencePipeline` saved in --output_dir.
 """
 
@@ -49,6 +49,7 @@ from diffusers_binflow.training import (
     RECIPE_OPTIONS,
     SEQUENCE_RECIPE,
     SEQUENCE_SAMPLING_S_CHURN,
+    SEQUENCE_SAMPLING_SHIFT,
     FlowLossConfig,
     add_recipe_arguments,
     flow_matching_loss,
@@ -80,7 +81,7 @@ CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbo
                  "known_probability", "known_span_fraction", "max_length", "prediction_type", "loss_space",
                  "loss_type", "timestep_sampling", "logit_mean", "logit_std", "uniform_fraction", "likelihood_cap",
                  "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema", "seed",
-                 "solver", "s_churn", "sampling_likelihood_cap", "num_inference_steps")
+                 "solver", "s_churn", "sampling_shift", "sampling_likelihood_cap", "num_inference_steps")
 
 
 def parse_args(argv=None):
@@ -123,7 +124,8 @@ def parse_args(argv=None):
     evaluate.add_argument("--validation_steps", type=int, default=250)
     evaluate.add_argument("--num_validation_samples", type=int, default=256,
                           help="Sequences generated at each validation and at the end (valid fraction of the task).")
-    add_sampler_arguments(evaluate, num_inference_steps=16, s_churn=SEQUENCE_SAMPLING_S_CHURN)
+    add_sampler_arguments(evaluate, num_inference_steps=16, s_churn=SEQUENCE_SAMPLING_S_CHURN,
+                          sampling_shift=SEQUENCE_SAMPLING_SHIFT)
     args = parser.parse_args(argv)
 
     if args.train_file:
@@ -307,7 +309,7 @@ def main(args):
             tags=["diffusers-training", "discrete-diffusion"], base_model=args.pretrained_model_name_or_path,
             settings=settings_of(args, CARD_SETTINGS), metrics=summary,
             num_inference_steps=args.num_inference_steps, self_conditioning=args.self_conditioning,
-            s_churn=args.s_churn))
+            s_churn=args.s_churn, sampling_shift=args.sampling_shift))
         accelerator.print(f"Saved the pipeline and samples.txt in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowSequencePipeline, args.hub_token)

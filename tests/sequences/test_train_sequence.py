@@ -61,8 +61,14 @@ def test_a_short_run_writes_a_loadable_pipeline_samples_logs_and_card(published)
     pipe = BinaryFlowSequencePipeline.from_pretrained(output_dir)
     assert pipe.denoiser.config.vocab_size == len(pipe.tokenizer) == 14 and pipe.denoiser.config.max_length == 6
     assert pipe.scheduler.config.prediction_type == "logits"
-    assert (pipe.scheduler.config.solver, pipe.scheduler.config.s_churn) == ("euler", 64.0)  # the corrector
-    assert len(pipe(batch_size=2, num_inference_steps=2).sequences) == 2
+    # the corrector on a grid shifted towards the data: of 2 steps the second is at sigma 0.25 * 0.5 / (1 - 0.75 * 0.5)
+    # = 0.2, not 0.5, and inside the corrector's window, so it is evaluated after re-noising to
+    # 0.2 + gamma * 0.2 * (1 - 0.2), gamma = min(64 / 2, sqrt(2) - 1)
+    assert (pipe.scheduler.config.solver, pipe.scheduler.config.s_churn) == ("euler", 64.0)
+    timesteps = []
+    record = lambda pipe, i, t, tensors: timesteps.append(float(t)) or tensors  # noqa: E731
+    assert len(pipe(batch_size=2, num_inference_steps=2, callback_on_step_end=record).sequences) == 2
+    assert timesteps == pytest.approx([1000.0, 1000 * (0.2 + (2 ** 0.5 - 1) * 0.2 * 0.8)])
     assert sorted(p.name for p in (output_dir / "samples").iterdir()) == ["step_000002.txt", "step_000004.txt"]
     assert len((output_dir / "samples.txt").read_text().splitlines()) == 8
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -79,7 +85,8 @@ def test_a_short_run_writes_a_loadable_pipeline_samples_logs_and_card(published)
     # the default recipe: sigma around 0.5, and a denoiser that reads given tokens
     assert "| logit_std | 0.5 |" in body and "| known_probability | 0.5 |" in body
     assert "| known_span_fraction | 0.5 |" in body
-    assert "| s_churn | 64.0 |" in body and "s_churn=0.0" in body  # the sampler, and how to turn it off
+    # the sampler, and how to turn it off
+    assert "| s_churn | 64.0 |" in body and "| sampling_shift | 0.25 |" in body and "s_churn=0.0, shift=1.0" in body
     assert pipe.denoiser.config.known_conditioning
 
 

@@ -65,6 +65,8 @@ def test_every_script_takes_the_diffusers_example_flags(script, capsys):
     (("--lr_scheduler", "cosine_annealing"), "invalid choice"),
     (("--s_churn", "-1"), "--s_churn must be in [0, inf)"),
     (("--s_churn", "4", "--solver", "heun"), "works with --solver euler only: pass --s_churn 0 with --solver heun"),
+    (("--sampling_shift", "0"), "--sampling_shift must be in (0, inf)"),
+    (("--sampling_shift", "nan"), "--sampling_shift must be in (0, inf)"),
 ])
 def test_bad_values_are_refused_at_parse_time(script, capsys, options, message):
     if "wandb" in options or "comet_ml" in options:
@@ -76,15 +78,17 @@ def test_bad_values_are_refused_at_parse_time(script, capsys, options, message):
 
 
 def test_the_saved_sampler_is_the_scripts_default_or_the_one_asked_for(script, capsys):
-    """Sequences sample with the stochastic corrector by default (it won from 16 steps up on all three sequence
-    tasks); images and MIMO with the deterministic sampler. Heun takes no corrector: asking for it with the
-    sequence script's default is refused with the way out."""
+    """Sequences sample with the stochastic corrector on a grid shifted towards the data by default (it won on the
+    three sequence tasks); images and MIMO with the deterministic sampler on the uniform grid. Heun takes no
+    corrector: asking for it with the sequence script's default is refused with the way out."""
     from diffusers_binflow.training_runs import noise_scheduler_from_args
 
-    default = 64.0 if script.SCRIPT == "train_sequence" else 0.0
+    default, shift = (64.0, 0.25) if script.SCRIPT == "train_sequence" else (0.0, 1.0)
     parse = lambda *extra: script.parse_args(["--output_dir", "out", *extra])  # noqa: E731
-    assert noise_scheduler_from_args(parse()).config.s_churn == default
+    assert (noise_scheduler_from_args(parse()).config.s_churn, noise_scheduler_from_args(parse()).config.shift) == (
+        default, shift)
     assert noise_scheduler_from_args(parse("--s_churn", "8")).config.s_churn == 8.0
+    assert noise_scheduler_from_args(parse("--sampling_shift", "2")).config.shift == 2.0
     heun = noise_scheduler_from_args(parse("--solver", "heun", "--s_churn", "0")).config
     assert (heun.solver, heun.s_churn) == ("heun", 0.0)
     if default:
