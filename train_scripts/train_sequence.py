@@ -31,7 +31,7 @@ from transformers import AutoTokenizer
 from diffusers_binflow.checkpoints import register_checkpoint_hooks, resume_position
 from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.flow import X_PREDICTION_TYPES
-from diffusers_binflow.model_cards import render_model_card, settings_of
+from diffusers_binflow.model_cards import render_model_card, sequence_sampler, settings_of
 from diffusers_binflow.pipelines import BinaryFlowSequencePipeline
 from diffusers_binflow.sequences import (
     BIT_CODES,
@@ -309,7 +309,7 @@ def main(args):
             tags=["diffusers-training", "discrete-diffusion"], base_model=args.pretrained_model_name_or_path,
             settings=settings_of(args, CARD_SETTINGS), metrics=summary,
             num_inference_steps=args.num_inference_steps, self_conditioning=args.self_conditioning,
-            s_churn=args.s_churn, sampling_shift=args.sampling_shift))
+            **sequence_sampler(pipeline)))
         accelerator.print(f"Saved the pipeline and samples.txt in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowSequencePipeline, args.hub_token)

@@ -73,6 +73,13 @@ def sampling_likelihood_cap(pipeline) -> float | None:
     return cap if prediction_type == "likelihood_residual" and cap < MAX_LIKELIHOOD_LOGIT else None
 
 
+def sequence_sampler(pipeline) -> dict:
+    """What a sequence pipeline's scheduler samples with, for its card: the corrector's ``s_churn`` and the time
+    grid's ``shift`` (a swapped-in scheduler without them runs neither)."""
+    config = pipeline.scheduler.config
+    return {"s_churn": config.get("s_churn", 0.0), "sampling_shift": config.get("shift", 1.0)}
+
+
 def pipeline_model_card(pipeline, repo_id: str) -> str:
     """The card of a pipeline pushed without a training run: usage and what its components' configs say."""
     name = type(pipeline).__name__
@@ -89,7 +96,7 @@ def pipeline_model_card(pipeline, repo_id: str) -> str:
                                  sampling_likelihood_cap=sampling_likelihood_cap(pipeline))
     if name == "BinaryFlowSequencePipeline":
         return render_model_card(name, repo_id=repo_id, tags=["discrete-diffusion"], num_inference_steps=16,
-                                 self_conditioning=pipeline.self_conditioning)
+                                 self_conditioning=pipeline.self_conditioning, **sequence_sampler(pipeline))
     model = pipeline.model
     return render_model_card(name, repo_id=repo_id, tags=["mimo-detection"], num_tx=model.config.num_tx,
                              num_rx=model.config.num_rx, modulation=model.config.modulation,

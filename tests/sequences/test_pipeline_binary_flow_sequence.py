@@ -297,3 +297,15 @@ def test_a_pushed_pipeline_loads_in_a_fresh_process_with_our_class_and_with_trus
     """))
     assert out["class"] == "BinaryFlowSequencePipeline"
     assert out["generic"] == out["ours"] == sample(pipe).tolist()
+
+
+def test_a_card_written_without_a_training_run_names_the_sampler_its_scheduler_runs(tokenizer):
+    """`push_to_hub`'s card reads the scheduler: the plain ODE sampler gets no sampler paragraph, the corrector on a
+    shifted grid is named with both settings (not the training script's defaults, which this pipeline never saw)."""
+    from diffusers_binflow.model_cards import pipeline_model_card
+
+    pipe = make_pipeline(tokenizer)
+    assert "The saved scheduler samples" not in pipeline_model_card(pipe, "tester/plain")
+    pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, s_churn=8.0, shift=0.5)
+    card = pipeline_model_card(pipe, "tester/shifted")
+    assert "the stochastic corrector (`s_churn=8.0`) on a time grid shifted by `shift=0.5`" in card

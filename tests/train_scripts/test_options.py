@@ -85,8 +85,8 @@ def test_the_saved_sampler_is_the_scripts_default_or_the_one_asked_for(script, c
 
     default, shift = (64.0, 0.25) if script.SCRIPT == "train_sequence" else (0.0, 1.0)
     parse = lambda *extra: script.parse_args(["--output_dir", "out", *extra])  # noqa: E731
-    assert (noise_scheduler_from_args(parse()).config.s_churn, noise_scheduler_from_args(parse()).config.shift) == (
-        default, shift)
+    saved = noise_scheduler_from_args(parse()).config
+    assert (saved.s_churn, saved.shift) == (default, shift)
     assert noise_scheduler_from_args(parse("--s_churn", "8")).config.s_churn == 8.0
     assert noise_scheduler_from_args(parse("--sampling_shift", "2")).config.shift == 2.0
     heun = noise_scheduler_from_args(parse("--solver", "heun", "--s_churn", "0")).config
