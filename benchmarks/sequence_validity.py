@@ -113,6 +113,13 @@ METHODS = {
     "ours (BCE, known tokens and spans, corrector s_churn 64, shift 0.25)": {
         **KNOWN_TOKENS, "known_span_fraction": 0.5, "s_churn": 64, "shift": 0.25,
         "trained_as": "ours (BCE, known tokens and spans)"},
+    # Self-conditioning (Bit Diffusion): the denoiser also sees its previous estimate, trained with it on half the
+    # batches; with Euler and with the script's sampler.
+    "ours (BCE, known tokens, self-conditioning)": {**KNOWN_TOKENS,
+                                                    "recipe": replace(SEQUENCE_RECIPE, self_conditioning=True)},
+    "ours (BCE, known tokens, self-conditioning, corrector s_churn 64, shift 0.25)": {
+        **KNOWN_TOKENS, "recipe": replace(SEQUENCE_RECIPE, self_conditioning=True), "s_churn": 64, "shift": 0.25,
+        "trained_as": "ours (BCE, known tokens, self-conditioning)"},
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),
@@ -262,7 +269,8 @@ def build_model(method: dict, vocab_size: int, length: int, args):
     size = dict(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads)
     if method["kind"] == "bits":
         return BitSequenceTransformer(vocab_size=vocab_size, max_length=length,
-                                      known_conditioning="known_probability" in method, **size)
+                                      known_conditioning="known_probability" in method,
+                                      self_conditioning=method["recipe"].self_conditioning, **size)
     return build_peer(method["kind"], vocab_size, length, **size)
 
 

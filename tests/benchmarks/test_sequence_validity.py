@@ -270,3 +270,35 @@ def test_the_corrector_methods_share_the_known_tokens_training_and_only_sample_d
     # the shifted grid: sigma 7/8 moved to 2 (7/8) / (1 + 7/8), outside the window, so evaluated there unchurned
     assert timesteps["ours (BCE, known tokens)"][1] == pytest.approx(1000 * 7 / 8)
     assert timesteps["ours (BCE, known tokens, corrector s_churn 64, shift 2)"][1] == pytest.approx(1000 * 14 / 15)
+
+
+def test_the_self_conditioned_methods_train_a_self_conditioned_model_and_feed_it_its_previous_estimate(smoke):
+    import torch
+    from types import SimpleNamespace
+
+    from diffusers_binflow.sequences import train_tokenizer
+
+    methods = json.loads((smoke / "sequence_validity.json").read_text())["methods"]
+    plain, corrected = (methods[f"ours (BCE, known tokens, self-conditioning{suffix})"]
+                        for suffix in ("", ", corrector s_churn 64, shift 0.25"))
+    assert (corrected["loss_curve"], corrected["train_seconds"]) == (plain["loss_curve"], plain["train_seconds"])
+    assert plain["loss_curve"] != methods["ours (BCE, known tokens)"]["loss_curve"]
+    tokenizer = train_tokenizer(["17+25=42", "13+14=27"], "char")
+    method = sequence_validity.METHODS["ours (BCE, known tokens, self-conditioning)"]
+    model = sequence_validity.build_model(method, len(tokenizer), 8,
+                                          SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2)).eval()
+    assert model.config.self_conditioning
+    inputs, estimates = [], []
+
+    def record(module, args, output):  # returns None: the output is left as it is
+        inputs.append(args[0])
+        estimates.append(output[0])
+
+    model.register_forward_hook(record)
+    sequence_validity.generate(method, model, tokenizer, 4, 8, 3, torch.Generator().manual_seed(0))
+    num_bits = model.codec.num_bits
+    assert len(inputs) == 3 and all(x.shape == (4, 8, 2 * num_bits) for x in inputs)
+    # no estimate before the first evaluation; then each evaluation sees the one before it, as a clean signal
+    assert not inputs[0][..., num_bits:].any()
+    for seen, logits in zip(inputs[1:], estimates):
+        assert torch.allclose(seen[..., num_bits:], torch.tanh(logits / 2), atol=1e-6)
