@@ -81,6 +81,8 @@ from .sequence_peers import NUM_TRAIN_TIMESTEPS, build_peer, peer_loss, sample_p
 from .training_loop import train_loop
 
 KNOWN_TOKENS = dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5)
+# Self-conditioning (Bit Diffusion): the denoiser also sees its previous estimate, trained with it on half the batches.
+SELF_CONDITIONED = {**KNOWN_TOKENS, "recipe": replace(SEQUENCE_RECIPE, self_conditioning=True)}
 METHODS = {
     "ours (BCE)": dict(kind="bits", recipe=SEQUENCE_RECIPE),
     "ours (BCE, uniform sigma)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, timestep_sampling="uniform")),
@@ -113,13 +115,10 @@ METHODS = {
     "ours (BCE, known tokens and spans, corrector s_churn 64, shift 0.25)": {
         **KNOWN_TOKENS, "known_span_fraction": 0.5, "s_churn": 64, "shift": 0.25,
         "trained_as": "ours (BCE, known tokens and spans)"},
-    # Self-conditioning (Bit Diffusion): the denoiser also sees its previous estimate, trained with it on half the
-    # batches; with Euler and with the script's sampler.
-    "ours (BCE, known tokens, self-conditioning)": {**KNOWN_TOKENS,
-                                                    "recipe": replace(SEQUENCE_RECIPE, self_conditioning=True)},
+    # The self-conditioned model with Euler and with the script's sampler.
+    "ours (BCE, known tokens, self-conditioning)": SELF_CONDITIONED,
     "ours (BCE, known tokens, self-conditioning, corrector s_churn 64, shift 0.25)": {
-        **KNOWN_TOKENS, "recipe": replace(SEQUENCE_RECIPE, self_conditioning=True), "s_churn": 64, "shift": 0.25,
-        "trained_as": "ours (BCE, known tokens, self-conditioning)"},
+        **SELF_CONDITIONED, "s_churn": 64, "shift": 0.25, "trained_as": "ours (BCE, known tokens, self-conditioning)"},
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),
