@@ -83,11 +83,13 @@ from .training_loop import train_loop
 KNOWN_TOKENS = dict(kind="bits", recipe=SEQUENCE_RECIPE, known_probability=0.5)
 # Self-conditioning (Bit Diffusion): the denoiser also sees its previous estimate, trained with it on half the batches.
 SELF_CONDITIONED = {**KNOWN_TOKENS, "recipe": replace(SEQUENCE_RECIPE, self_conditioning=True)}
+# Half the known-token batches reveal contiguous spans instead (prefix completion, "a+b=" -> c): the script's model.
+KNOWN_SPANS = {**KNOWN_TOKENS, "known_span_fraction": 0.5}
 METHODS = {
     "ours (BCE)": dict(kind="bits", recipe=SEQUENCE_RECIPE),
     "ours (BCE, uniform sigma)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, timestep_sampling="uniform")),
     "ours (BCE, known tokens)": KNOWN_TOKENS,
-    "ours (BCE, known tokens and spans)": {**KNOWN_TOKENS, "known_span_fraction": 0.5},
+    "ours (BCE, known tokens and spans)": KNOWN_SPANS,
     # Samplers of the known-tokens model: they share its training when run with it ("trained_as").
     "ours (BCE, known tokens, Heun)": {**KNOWN_TOKENS, "solver": "heun", "trained_as": "ours (BCE, known tokens)"},
     "ours (BCE, known tokens, mixed sigma, Heun)": {**KNOWN_TOKENS, "recipe": replace(SEQUENCE_RECIPE,
@@ -108,17 +110,20 @@ METHODS = {
         **KNOWN_TOKENS, "s_churn": 64, "shift": shift, "trained_as": "ours (BCE, known tokens)"}
        for shift in (0.25, 0.5, 2.0, 3.0)},
     # The sequence script's default model: the spans model with the corrector on the uniform grid (its earlier sampler)
-    "ours (BCE, known tokens and spans, corrector s_churn 64)": {**KNOWN_TOKENS, "known_span_fraction": 0.5,
-                                                                 "s_churn": 64,
-                                                                 "trained_as": "ours (BCE, known tokens and spans)"},
+    "ours (BCE, known tokens and spans, corrector s_churn 64)": {
+        **KNOWN_SPANS, "s_churn": 64, "trained_as": "ours (BCE, known tokens and spans)"},
     # and on the grid moved towards the data (`SEQUENCE_SAMPLING_SHIFT`), the sampler its pipelines save.
     "ours (BCE, known tokens and spans, corrector s_churn 64, shift 0.25)": {
-        **KNOWN_TOKENS, "known_span_fraction": 0.5, "s_churn": 64, "shift": 0.25,
-        "trained_as": "ours (BCE, known tokens and spans)"},
+        **KNOWN_SPANS, "s_churn": 64, "shift": 0.25, "trained_as": "ours (BCE, known tokens and spans)"},
     # The self-conditioned model with Euler and with the script's sampler.
     "ours (BCE, known tokens, self-conditioning)": SELF_CONDITIONED,
     "ours (BCE, known tokens, self-conditioning, corrector s_churn 64, shift 0.25)": {
         **SELF_CONDITIONED, "s_churn": 64, "shift": 0.25, "trained_as": "ours (BCE, known tokens, self-conditioning)"},
+    # The script's model self-conditioned, with Euler and with the script's sampler.
+    "ours (BCE, known tokens and spans, self-conditioning)": {**KNOWN_SPANS, "recipe": SELF_CONDITIONED["recipe"]},
+    "ours (BCE, known tokens and spans, self-conditioning, corrector s_churn 64, shift 0.25)": {
+        **KNOWN_SPANS, "recipe": SELF_CONDITIONED["recipe"], "s_churn": 64, "shift": 0.25,
+        "trained_as": "ours (BCE, known tokens and spans, self-conditioning)"},
     "ours (MSE)": dict(kind="bits", recipe=replace(SEQUENCE_RECIPE, prediction_type="sample", loss_type="mse")),
     "D3PM-uniform (DiscreteDDIM)": dict(kind="uniform"),
     "masked diffusion (MDLM loss)": dict(kind="masked"),

@@ -272,19 +272,23 @@ def test_the_corrector_methods_share_the_known_tokens_training_and_only_sample_d
     assert timesteps["ours (BCE, known tokens, corrector s_churn 64, shift 2)"][1] == pytest.approx(1000 * 14 / 15)
 
 
-def test_the_self_conditioned_methods_train_a_self_conditioned_model_and_feed_it_its_previous_estimate(smoke):
+@pytest.mark.parametrize("trained", ["known tokens", "known tokens and spans"])
+def test_the_self_conditioned_methods_train_a_self_conditioned_model_and_feed_it_its_previous_estimate(smoke, trained):
     import torch
     from types import SimpleNamespace
 
     from diffusers_binflow.sequences import train_tokenizer
 
     methods = json.loads((smoke / "sequence_validity.json").read_text())["methods"]
-    plain, corrected = (methods[f"ours (BCE, known tokens, self-conditioning{suffix})"]
+    plain, corrected = (methods[f"ours (BCE, {trained}, self-conditioning{suffix})"]
                         for suffix in ("", ", corrector s_churn 64, shift 0.25"))
     assert (corrected["loss_curve"], corrected["train_seconds"]) == (plain["loss_curve"], plain["train_seconds"])
-    assert plain["loss_curve"] != methods["ours (BCE, known tokens)"]["loss_curve"]
+    # its own training: neither the model without self-conditioning nor the other self-conditioned one
+    other = "known tokens" if trained != "known tokens" else "known tokens and spans"
+    for name in (f"ours (BCE, {trained})", f"ours (BCE, {other}, self-conditioning)"):
+        assert plain["loss_curve"] != methods[name]["loss_curve"]
+    method = sequence_validity.METHODS[f"ours (BCE, {trained}, self-conditioning)"]
     tokenizer = train_tokenizer(["17+25=42", "13+14=27"], "char")
-    method = sequence_validity.METHODS["ours (BCE, known tokens, self-conditioning)"]
     model = sequence_validity.build_model(method, len(tokenizer), 8,
                                           SimpleNamespace(hidden_size=16, num_layers=1, num_heads=2)).eval()
     assert model.config.self_conditioning
