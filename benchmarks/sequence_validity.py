@@ -588,7 +588,7 @@ def cosine_note(config: dict) -> str:
 
 def plot(result: dict, path: Path):
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     for name, entry in result["methods"].items():
         points = [(r["nfe"], *valid_and_error(r)) for r in entry["by_nfe"]]
         points = [point for point in points if point[1] is not None]
@@ -602,9 +602,9 @@ def plot(result: dict, path: Path):
     ax.set_title(f"{TASK_TITLES[result['data'].get('task', 'arithmetic')].capitalize()}: valid fraction vs NFE"
                  + (" (mean ± std over seeds)" if "runs" in result else ""))
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # below the axes: the method names are long, and inside the axes they cover the curves
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

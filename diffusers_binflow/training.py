@@ -120,13 +120,16 @@ class FlowLossOutput:
 
 
 def flow_matching_loss(model, bits: torch.Tensor, config: FlowLossConfig, class_labels=None,
-                       generator: torch.Generator | None = None, model_kwargs: dict | None = None) -> FlowLossOutput:
+                       generator: torch.Generator | None = None, model_kwargs: dict | None = None,
+                       self_conditioning_generator: torch.Generator | None = None) -> FlowLossOutput:
     """Noise `bits` at sampled sigmas, run ``model(x_sigma, sigma * num_train_timesteps[, class_labels],
     **model_kwargs)`` and compute `binary_flow_loss`. Randomness (sigmas, noise, the self-conditioning coin) comes
     from `generator`, for exact resumption; `model_kwargs` carries other conditioning (e.g. the channel of a MIMO
     denoiser). With `config.self_conditioning` the model sees ``self_conditioned_input(x_sigma, x_hat)``: with
     probability `self_conditioning_probability` (one coin per batch) ``x_hat`` is the model's own estimate from a
-    first pass on zeros, without gradient, else zeros."""
+    first pass on zeros, without gradient, else zeros. The coin comes from `self_conditioning_generator` when given:
+    in a data-parallel run every process must make the same passes (each forward through a DistributedDataParallel
+    or FSDP wrapper is a collective), so the scripts give one that is the same on every process."""
     sigmas = sample_sigmas(bits.shape[0], config.timestep_sampling, config.logit_mean, config.logit_std,
                            generator=generator, device=bits.device, uniform_fraction=config.uniform_fraction)
     noise = torch.randn(bits.shape, generator=generator, device=bits.device)
@@ -138,7 +141,8 @@ def flow_matching_loss(model, bits: torch.Tensor, config: FlowLossConfig, class_
     if config.self_conditioning:
         x_hat = None
         # Drawn only here, so runs without self-conditioning keep their random stream.
-        if torch.rand((), generator=generator, device=bits.device).item() < config.self_conditioning_probability:
+        coin = generator if self_conditioning_generator is None else self_conditioning_generator
+        if torch.rand((), generator=coin, device=bits.device).item() < config.self_conditioning_probability:
             with torch.no_grad():
                 first = model(self_conditioned_input(noisy), timesteps, **kwargs, return_dict=False)[0]
                 x_hat = predict_x0(first, noisy, sigmas, config.prediction_type, config.bit_scale,

@@ -336,6 +336,14 @@ def micro_batch_generator(accelerator, seed: int, micro_step: int) -> torch.Gene
         seed * 1_000_003 + micro_step * accelerator.num_processes + accelerator.process_index)
 
 
+def shared_generator(accelerator, seed: int, micro_step: int) -> torch.Generator:
+    """The generator of one micro-batch that is the same on every process, for draws all processes must agree on:
+    the self-conditioning coin decides whether the model makes a first pass, and each pass through a data-parallel
+    wrapper is a collective that every process must join. Offset by 2**62, its seeds never meet
+    `micro_batch_generator`'s."""
+    return torch.Generator(accelerator.device).manual_seed(2**62 + seed * 1_000_003 + micro_step)
+
+
 class EpochPermutationSampler(torch.utils.data.Sampler):
     """Shuffles with a permutation that depends only on (seed, epoch), the epoch set by the training loop through
     `begin_epoch`. It deliberately has no `set_epoch`: Accelerate's data loaders call that with their own count

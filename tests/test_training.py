@@ -110,14 +110,20 @@ def test_self_conditioning_with_probability_1_conditions_on_a_stop_gradient_esti
         "a gradient through the first pass would differ"
 
 
-def test_the_self_conditioning_coin_comes_from_the_generator():
-    model, bits = self_conditioned_setup()
-    config = FlowLossConfig(self_conditioning=True)
+def counting_passes(model):
+    """`model` as a callable that records each call, and the record: how many passes the loss made."""
     calls = []
 
     def counted(x, t, return_dict=False):
         calls.append(1)
         return model(x, t)
+    return counted, calls
+
+
+def test_the_self_conditioning_coin_comes_from_the_generator():
+    model, bits = self_conditioned_setup()
+    counted, calls = counting_passes(model)
+    config = FlowLossConfig(self_conditioning=True)
 
     def run(seed):
         calls.clear()
@@ -129,3 +135,20 @@ def test_the_self_conditioning_coin_comes_from_the_generator():
     for seed, (loss, count) in passes.items():
         again, count_again = run(seed)
         assert torch.equal(loss, again) and count == count_again
+
+
+def test_a_self_conditioning_generator_alone_decides_the_coin():
+    # What data-parallel runs rely on: processes with different micro-batch generators make the same passes.
+    model, bits = self_conditioned_setup()
+    counted, calls = counting_passes(model)
+    config = FlowLossConfig(self_conditioning=True)
+
+    def passes(seed, coin_seed):
+        calls.clear()
+        flow_matching_loss(counted, bits, config, generator=torch.Generator().manual_seed(seed),
+                           self_conditioning_generator=torch.Generator().manual_seed(coin_seed))
+        return len(calls)
+
+    by_coin = {coin_seed: {passes(seed, coin_seed) for seed in range(4)} for coin_seed in range(12)}
+    assert all(len(counts) == 1 for counts in by_coin.values()), by_coin
+    assert set.union(*by_coin.values()) == {1, 2}, "both sides of the coin come up"

@@ -57,6 +57,7 @@ from diffusers_binflow.training_runs import (
     prepare_epochs,
     prepare_model,
     push_or_exit,
+    shared_generator,
     start_run,
 )
 
@@ -209,14 +210,17 @@ def main(args):
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         for batch_index, batch in enumerate(epoch_loader, start=skip_batches):
             # Every micro-batch draws its sigmas, noise and label dropout from its own seed: resumption is exact.
-            generator = micro_batch_generator(accelerator, args.seed, epoch * len(loader) + batch_index)
+            micro_step = epoch * len(loader) + batch_index
+            generator = micro_batch_generator(accelerator, args.seed, micro_step)
             labels = None
             if num_classes is not None:
                 labels = batch["label"].to(accelerator.device)
                 drop = torch.rand(labels.shape, generator=generator, device=labels.device) < args.label_dropout
                 labels = torch.where(drop, torch.full_like(labels, null_class), labels)
             with accelerator.accumulate(unet):
-                out = flow_matching_loss(unet, batch["bits"], loss_config, labels, generator=generator)
+                out = flow_matching_loss(unet, batch["bits"], loss_config, labels, generator=generator,
+                                         self_conditioning_generator=shared_generator(accelerator, args.seed,
+                                                                                      micro_step))
                 diagnostics["grad"].append(output_gradient_norms(out.loss, out.model_output).detach())
                 accelerator.backward(out.loss)
                 grad_norm = None

@@ -53,6 +53,7 @@ from diffusers_binflow.training_runs import (
     noise_scheduler_from_args,
     prepare_model,
     push_or_exit,
+    shared_generator,
     start_run,
 )
 
@@ -193,8 +194,8 @@ def main(args):
     while global_step < args.max_train_steps:
         for micro in range(args.gradient_accumulation_steps):
             # Each micro-batch (channels, SNRs, sigmas, noise) comes from its own seed: resumption is exact.
-            generator = micro_batch_generator(accelerator, args.seed,
-                                              global_step * args.gradient_accumulation_steps + micro)
+            micro_step = global_step * args.gradient_accumulation_steps + micro
+            generator = micro_batch_generator(accelerator, args.seed, micro_step)
             snr_db = args.snr_db_min + (args.snr_db_max - args.snr_db_min) * torch.rand(
                 args.train_batch_size, generator=generator, device=accelerator.device)
             batch = simulate(args.train_batch_size, args.num_tx, args.num_rx, args.modulation, snr_db,
@@ -202,7 +203,9 @@ def main(args):
                              csi_error_var=args.csi_error_var, csi_aware=args.csi_aware)
             with accelerator.accumulate(model):
                 out = flow_matching_loss(model, batch.bits, loss_config, generator=generator,
-                                         model_kwargs={"y": batch.y, "H": batch.H, "noise_var": batch.noise_var})
+                                         model_kwargs={"y": batch.y, "H": batch.H, "noise_var": batch.noise_var},
+                                         self_conditioning_generator=shared_generator(accelerator, args.seed,
+                                                                                      micro_step))
                 accelerator.backward(out.loss)
                 grad_norm = None
                 if accelerator.sync_gradients:

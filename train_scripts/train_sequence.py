@@ -6,12 +6,13 @@
 
 Each token id becomes a fixed-width bit code (see `diffusers_binflow.sequences.codec`) and every position's bits
 are generated jointly by a `transformers` encoder. Sequences are right-padded with the tokenizer's pad token to
---max_length, so the model also generates where a sequence ends. The default recipe is `SEQUENCE_RECIPE`: per-bit
-logits with the x-space cross-entropy (the paper's aligned loss for independent bits), sigma drawn with
-logit(sigma) ~ N(0, 0.5) (sigma = 1 is noise), where tokens are decided. The saved pipeline samples with Euler and
-the stochastic corrector at --s_churn 64 on a grid moved towards the data by --sampling_shift 0.25
-(`SEQUENCE_SAMPLING_S_CHURN`, `SEQUENCE_SAMPLING_SHIFT`; --s_churn 0 --sampling_shift 1 give the plain ODE sampler).
-The result is a `BinaryFlowSequencePipeline` saved in --output_dir.
+--max_length, so the model also generates where a sequence ends. The default recipe is `SEQUENCE_RECIPE`,
+self-conditioned: per-bit logits with the x-space cross-entropy (the paper's aligned loss for independent bits),
+sigma drawn with logit(sigma) ~ N(0, 0.5) (sigma = 1 is noise), where tokens are decided, and a denoiser that also
+reads its previous estimate (Bit Diffusion's self-conditioning; --no-self_conditioning turns it off). The saved
+pipeline samples with Euler and the stochastic corrector at --s_churn 64 on a grid moved towards the data by
+--sampling_shift 0.25 (`SEQUENCE_SAMPLING_S_CHURN`, `SEQUENCE_SAMPLING_SHIFT`; --s_churn 0 --sampling_shift 1 give
+the plain ODE sampler). The result is a `BinaryFlowSequencePipeline` saved in --output_dir.
 """
 
 import argparse
@@ -19,7 +20,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -66,6 +67,7 @@ from diffusers_binflow.training_runs import (
     prepare_epochs,
     prepare_model,
     push_or_exit,
+    shared_generator,
     start_run,
 )
 
@@ -113,8 +115,10 @@ def parse_args(argv=None):
                             "held-out a+b= prompts 6-10 points more often than 0 (BENCHMARKS.md, fifth stop).")
     model.add_argument("--pretrained_model_name_or_path",
                        help="Fine-tune a saved BinaryFlowSequencePipeline (folder or Hub id); its tokenizer is used.")
-    # Cross-entropy on per-bit logits, sigma around 0.5: what benchmarks/sequence_validity.py measured best.
-    add_recipe_arguments(model, prediction_types=X_PREDICTION_TYPES + ("velocity",), **asdict(SEQUENCE_RECIPE))
+    # Cross-entropy on per-bit logits, sigma around 0.5, self-conditioned: what benchmarks/sequence_validity.py
+    # measured best (self-conditioning: 2-5 points on Sudoku, level on a+b=c and brackets; BENCHMARKS.md).
+    add_recipe_arguments(model, prediction_types=X_PREDICTION_TYPES + ("velocity",),
+                         **asdict(replace(SEQUENCE_RECIPE, self_conditioning=True)))
 
     # lr 3e-3 with the cosine decay: what the small encoders learned fastest with (docs/sequences.md)
     add_optimisation_arguments(parser, train_batch_size=128, learning_rate=3e-3)
@@ -182,7 +186,7 @@ def main(args):
                              "does not read given tokens: pass --known_probability 0."))
         if base.self_conditioning != args.self_conditioning:
             raise SystemExit("The pretrained model is " + ("self-conditioned: pass --self_conditioning." if
-                             base.self_conditioning else "not self-conditioned: drop --self_conditioning."))
+                             base.self_conditioning else "not self-conditioned: pass --no-self_conditioning."))
         max_length = args.max_length or denoiser.config.max_length
         if max_length > denoiser.config.max_length:
             raise SystemExit(f"--max_length {max_length} exceeds the pretrained model's maximum "
@@ -247,12 +251,15 @@ def main(args):
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         for batch_index, batch in enumerate(epoch_loader, start=skip_batches):
             # Every micro-batch draws its sigmas and noise from its own seed: resumption is exact.
-            generator = micro_batch_generator(accelerator, args.seed, epoch * len(loader) + batch_index)
+            micro_step = epoch * len(loader) + batch_index
+            generator = micro_batch_generator(accelerator, args.seed, micro_step)
             with accelerator.accumulate(denoiser):
                 bits = codec.encode(batch["token_ids"])
                 given = known_tokens_for_training(bits, args.known_probability, args.bit_scale, generator,
                                                   args.known_span_fraction)
-                out = flow_matching_loss(denoiser, bits, loss_config, generator=generator, model_kwargs=given)
+                out = flow_matching_loss(denoiser, bits, loss_config, generator=generator, model_kwargs=given,
+                                         self_conditioning_generator=shared_generator(accelerator, args.seed,
+                                                                                      micro_step))
                 accelerator.backward(out.loss)
                 grad_norm = None
                 if accelerator.sync_gradients:

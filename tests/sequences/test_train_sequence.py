@@ -85,6 +85,9 @@ def test_a_short_run_writes_a_loadable_pipeline_samples_logs_and_card(published)
     # the default recipe: sigma around 0.5, and a denoiser that reads given tokens
     assert "| logit_std | 0.5 |" in body and "| known_probability | 0.5 |" in body
     assert "| known_span_fraction | 0.5 |" in body
+    # self-conditioned by default (the sequence benchmarks' choice), and the card says so
+    assert pipe.config.self_conditioning and pipe.denoiser.config.self_conditioning
+    assert "| self_conditioning | True |" in body
     # the sampler, and how to turn it off
     assert "| s_churn | 64.0 |" in body and "| sampling_shift | 0.25 |" in body and "s_churn=0.0, shift=1.0" in body
     assert pipe.denoiser.config.known_conditioning
@@ -118,11 +121,11 @@ def test_a_text_file_trains_with_a_tokenizer_folder(tmp_path, tiny_config):
     (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n\n")
     train_tokenizer(lines, "word").save_pretrained(tmp_path / "word-tokenizer")
     train(tmp_path / "words", tiny_config, "--train_file", str(tmp_path / "lines.txt"), "--tokenizer_name_or_path",
-          str(tmp_path / "word-tokenizer"), "--bit_code", "gray", "--max_length", "5", "--self_conditioning")
+          str(tmp_path / "word-tokenizer"), "--bit_code", "gray", "--max_length", "5", "--no-self_conditioning")
     pipe = BinaryFlowSequencePipeline.from_pretrained(tmp_path / "words")
     assert pipe.denoiser.config.max_length == 5 and pipe.denoiser.codec.bit_code == "gray"
-    assert pipe.config.self_conditioning and pipe.denoiser.config.self_conditioning
-    assert "| self_conditioning | True |" in (tmp_path / "words" / "README.md").read_text()
+    assert not pipe.config.self_conditioning and not pipe.denoiser.config.self_conditioning
+    assert "| self_conditioning | False |" in (tmp_path / "words" / "README.md").read_text()
     assert set(pipe.tokenizer.get_vocab()) == {"[PAD]", "[UNK]", "the", "a", "cat", "dog", "sat", "ran", "far"}
     assert "valid_fraction" not in json.loads((tmp_path / "words" / "training_summary.json").read_text())
     assert all(len(text.split()) <= 5 for text in (tmp_path / "words" / "samples.txt").read_text().splitlines())
@@ -153,11 +156,14 @@ def test_fine_tuning_refuses_a_length_beyond_the_pretrained_maximum(published, t
     assert "exceeds the pretrained model's maximum 6" in message
 
 
-def test_fine_tuning_must_keep_how_the_model_reads_given_tokens(published, tmp_path, tiny_config):
+def test_fine_tuning_must_keep_how_the_model_reads_given_tokens_and_its_estimate(published, tmp_path, tiny_config):
     output_dir, _ = published
     message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(output_dir),
                       "--known_probability", "0")
     assert "reads given tokens: pass --known_probability > 0" in message
+    message = refused(tmp_path, tiny_config, "--pretrained_model_name_or_path", str(output_dir),
+                      "--no-self_conditioning")
+    assert "The pretrained model is self-conditioned: pass --self_conditioning." in message
 
 
 def test_an_empty_text_file_is_refused(tmp_path, tiny_config):
