@@ -116,7 +116,7 @@ def parse_args(argv=None):
     model.add_argument("--pretrained_model_name_or_path",
                        help="Fine-tune a saved BinaryFlowSequencePipeline (folder or Hub id); its tokenizer is used.")
     # Cross-entropy on per-bit logits, sigma around 0.5, self-conditioned: what benchmarks/sequence_validity.py
-    # measured best (self-conditioning: 2-5 points on Sudoku, level on a+b=c and brackets; BENCHMARKS.md).
+    # measured best (self-conditioning: 1.7-12 points on Sudoku, -0.1 to +1.9 on a+b=c and brackets; BENCHMARKS.md).
     add_recipe_arguments(model, prediction_types=X_PREDICTION_TYPES + ("velocity",),
                          **asdict(replace(SEQUENCE_RECIPE, self_conditioning=True)))
 
