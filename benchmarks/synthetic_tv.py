@@ -32,6 +32,7 @@ Writes synthetic_tv.json and synthetic_tv.md into --output_dir.
 import argparse
 import importlib.util
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -167,6 +168,12 @@ def summarize(row: dict, per_seed: list[dict]) -> dict:
             "diverged_seeds": sum(s["diverged"] for s in per_seed), "per_seed": per_seed}
 
 
+def same_floor(a: dict, b: dict) -> bool:
+    """Whether two runs' floors are the same statistics: equal up to float rounding, which differs between machines
+    and thread counts (seen: 3.5e-12 relative) although the floor's draws are seeded."""
+    return a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=1e-9) for k in a)
+
+
 def combine(results: list[dict]) -> dict:
     """One result from runs that differ only in their seeds: each row's seeds joined, its mean +- std recomputed.
     Results written before `--solvers` existed sampled ours with Euler and the peers with their own samplers, and
@@ -182,7 +189,7 @@ def combine(results: list[dict]) -> dict:
     for result in results:
         for row in result["rows"]:
             key = tuple(row[k] for k in ("distribution", "recipe", "nfe", "solver", "s_churn"))
-            if key in merged and merged[key]["row"]["floor"] != row["floor"]:
+            if key in merged and not same_floor(merged[key]["row"]["floor"], row["floor"]):
                 raise ValueError(f"The runs' floors differ for {key}: not the same settings.")
             merged.setdefault(key, {"row": row, "per_seed": []})["per_seed"].extend(row["per_seed"])
     rows = []
@@ -207,22 +214,22 @@ def markdown(result: dict) -> str:
         f"Machine: {result['machine']}; wall time {result['wall_seconds']:.0f} s"
         f"{' (summed over the runs)' if combined else ''}.  ",
         f"{NETWORK_NAMES[cfg.get('network', 'mlp')]} for every method, {cfg['steps']} Adam steps (lr 1e-3, cosine decay) x batch "
-        f"{cfg['batch_size']}, {cfg['seeds']} seeds; "
+        f"{cfg['batch_size']}, {cfg['seeds']} seeds (a row's own count in its seeds column); "
         "our recipes sampled by Euler or Heun (N Heun steps take 2N - 1 of the NFE) (s_churn > 0: with the "
         "stochastic corrector in sigma in [0.05, 0.7]), the "
         "peers by their own samplers (`benchmarks/discrete_peers.py`). Floors: the same statistic for N exact samples "
         "(mean of 5 draws).",
         "",
-        "| distribution | N | recipe | NFE | solver | s_churn | TV | TV floor | TV / floor | KL | KL floor | validity | "
-        "coverage (floor) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| distribution | N | recipe | NFE | solver | s_churn | seeds | TV | TV floor | TV / floor | KL | KL floor | "
+        "validity | coverage (floor) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         code = "validity" in row["scores"]
         tv_over_floor = row["tv_over_floor"]["mean"]
         lines.append(
             f"| {row['distribution']} | {row['num_samples']} | {row['recipe']} | {row['nfe']} | "
-            f"{row.get('solver', 'euler')} | {row['s_churn']:g} | "
+            f"{row.get('solver', 'euler')} | {row['s_churn']:g} | {len(row['per_seed'])} | "
             f"{fmt(row['scores']['tv'], 3)}{failed_note(row['failed_seeds'], len(row['per_seed']))} | "
             f"{row['floor']['tv']:.3f} | {'n/a' if tv_over_floor is None else f'{tv_over_floor:.2f}'} | "
             f"{fmt(row['scores']['kl'], 3)} | "
