@@ -147,20 +147,20 @@ def test_seeds_run_apart_and_combined_equal_one_run_of_both(tmp_path):
     assert [line.split(" | ")[4:7] for line in lines if line.startswith("| random")] == [["euler", "0", "2"],
                                                                                          ["heun", "0", "1"]]
     # Floors that differ only by float rounding (as between machines) are the same; others are not.
-    for scale, joins in ((1 + 1e-15, True), (1 + 1e-3, False)):
+    def with_floors_scaled(scale):
         shifted = json.loads(Path(parts[0]).read_text())
         for row in shifted["rows"]:
             row["floor"] = {k: v * scale for k, v in row["floor"].items()}
-        (tmp_path / "shifted.json").write_text(json.dumps(shifted))
-        run = lambda: synthetic_tv.main(["--combine", parts[1], str(tmp_path / "shifted.json"),  # noqa: E731
-                                         "--output_dir", str(tmp_path / f"shifted_{joins}")])
-        if joins:
-            run()
-            rows = json.loads((tmp_path / "shifted_True" / "synthetic_tv.json").read_text())["rows"]
-            assert [[s["seed"] for s in row["per_seed"]] for row in rows] == [[0, 1], [0, 1]]
-        else:
-            with pytest.raises(ValueError, match="floors differ"):
-                run()
+        path = tmp_path / f"floors_times_{scale}.json"
+        path.write_text(json.dumps(shifted))
+        return str(path)
+
+    synthetic_tv.main(["--combine", parts[1], with_floors_scaled(1 + 1e-15), "--output_dir", str(tmp_path / "rounded")])
+    rows = json.loads((tmp_path / "rounded" / "synthetic_tv.json").read_text())["rows"]
+    assert [[s["seed"] for s in row["per_seed"]] for row in rows] == [[0, 1], [0, 1]]
+    with pytest.raises(ValueError, match="floors differ"):
+        synthetic_tv.main(["--combine", parts[1], with_floors_scaled(1 + 1e-3), "--output_dir",
+                           str(tmp_path / "refused")])
     for wrong, message in ([parts[0], parts[0]], "overlap"), \
             ([parts[0], str(tmp_path / "euler_only" / "synthetic_tv.json")], "same settings"):
         with pytest.raises(ValueError, match=message):
