@@ -31,7 +31,12 @@ from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
 from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.flow import MAX_LIKELIHOOD_LOGIT
 from diffusers_binflow.metrics.digits import digit_bits
-from diffusers_binflow.training import IMAGE_SAMPLING_LIKELIHOOD_CAP, FlowLossConfig, flow_matching_loss
+from diffusers_binflow.training import (
+    IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP,
+    IMAGE_SAMPLING_LIKELIHOOD_CAP,
+    FlowLossConfig,
+    flow_matching_loss,
+)
 
 from .discrete_peers import input_channels, peer_loss, sample_peer
 from .training_loop import OutputGradients, train_loop
@@ -60,6 +65,7 @@ class Method:
     self_conditioning: bool = False  # FlowLossConfig's; the body then takes the previous estimate as a 2nd channel
     likelihood_cap: float = MAX_LIKELIHOOD_LOGIT  # FlowLossConfig's (likelihood residual)
     sampling_likelihood_cap: float | None = None  # the sampler's cap on that term; None: the training cap
+    sampling_final_likelihood_cap: float | None = None  # its cap at the last step only; None: the same cap
     sampler: str = "binary_flow"  # binary_flow | flow_match_euler | discrete_ddim | dfm_euler
     solver: str = "euler"  # BinaryFlowMatchScheduler's, for the binary_flow sampler
     trained_as: str | None = None  # the key of a method with the same training (only the sampler differs)
@@ -115,9 +121,12 @@ METHODS = {m.key: m for m in (
     Method("x-mse-ln-sc", "x-pred + x-MSE, logit-normal, self-conditioning", timestep_sampling="logit_normal",
            self_conditioning=True),
     Method("lr-bce-ln-cap2", "likelihood residual + x-BCE, logit-normal; sampled with the likelihood capped at 2 "
-           "(the image default)", prediction_type="likelihood_residual", loss_type="bce",
+           "(the image default before the final cap)", prediction_type="likelihood_residual", loss_type="bce",
+           timestep_sampling="logit_normal", sampling_likelihood_cap=2.0, trained_as="lr-bce-ln"),
+    Method("lr-bce-ln-final1", "likelihood residual + x-BCE, logit-normal; sampled with the likelihood capped at 2, "
+           "at 1 on the last step (the image default)", prediction_type="likelihood_residual", loss_type="bce",
            timestep_sampling="logit_normal", sampling_likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP,
-           trained_as="lr-bce-ln"),
+           sampling_final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP, trained_as="lr-bce-ln"),
     # JiT's bounded weight (its v-loss clamp in x-space) on the likelihood residual: the image default's training
     # plus the weight that keeps JiT's recipe improving with NFE at 2000 steps (issue 13, seventh stop).
     Method("lr-bce-w-ln", "likelihood residual + x-BCE x min(sigma^-2, 400), logit-normal",
@@ -214,11 +223,12 @@ def _generate(run: Run, n: int, nfe: int, seed: int) -> torch.Tensor:
 
 def flow_pipeline(run: Run, scheduler=None, **scheduler_options) -> BinaryFlowPipeline:
     """A `BinaryFlowPipeline` (progress bar off) for a flow run: its body, with `scheduler` or a
-    `BinaryFlowMatchScheduler` of the run's prediction type and likelihood cap, and `scheduler_options`."""
+    `BinaryFlowMatchScheduler` of the run's prediction type and likelihood caps, and `scheduler_options`."""
     method = run.method
     scheduler = scheduler or BinaryFlowMatchScheduler(
         prediction_type=method.prediction_type,
-        **{"likelihood_cap": method.sampler_likelihood_cap, **scheduler_options})
+        **{"likelihood_cap": method.sampler_likelihood_cap,
+           "final_likelihood_cap": method.sampling_final_likelihood_cap, **scheduler_options})
     pipeline = BinaryFlowPipeline(unet=run.model, scheduler=scheduler, prediction_type=method.prediction_type,
                                   self_conditioning=method.self_conditioning)
     pipeline.set_progress_bar_config(disable=True)

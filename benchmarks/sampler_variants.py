@@ -41,6 +41,9 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     # For likelihood-residual models: cap the likelihood term's log-odds so that the network can veto a bit.
     **{f"likelihood cap {cap:g}": {"likelihood_cap": float(cap)} for cap in (2, 4)},
     "likelihood cap 2, corrector s_churn 8": {"likelihood_cap": 2.0, "s_churn": 8.0, "s_tmin": 0.05, "s_tmax": 0.7},
+    # A smaller cap at the last evaluation only, the one the bits are read from (`final_likelihood_cap`).
+    "likelihood cap 2, final cap 1": {"likelihood_cap": 2.0, "final_likelihood_cap": 1.0},
+    "likelihood in full, final cap 1": {"final_likelihood_cap": 1.0},
 }
 DATA_END_SIGMAS = (0.05, 0.1, 0.2)
 DATA_END_DIGITS = 2000  # held-out digits noised for the data-end bit error

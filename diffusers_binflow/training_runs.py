@@ -126,7 +126,8 @@ def check_arguments(parser, args, at_least_one=()):
         "weighting_max": (0, math.inf, False, False), "uniform_fraction": (0, 1, True, True),
         "self_conditioning_probability": (0, 1, True, True),
         "likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True),
-        "sampling_likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True), "s_churn": (0, math.inf, True, False),
+        "sampling_likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True),
+        "sampling_final_likelihood_cap": (0, MAX_LIKELIHOOD_LOGIT, False, True), "s_churn": (0, math.inf, True, False),
         "sampling_shift": (0, math.inf, False, False),
     }
     for name, (low, high, low_ok, high_ok) in ranges.items():
@@ -404,11 +405,13 @@ class EpochOrder:
 
 
 def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_cap: float | None = None,
-                          s_churn: float = 0.0, sampling_shift: float = 1.0):
+                          s_churn: float = 0.0, sampling_shift: float = 1.0,
+                          sampling_final_likelihood_cap: float | None = None):
     """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
     ``--solver``, ``--s_churn`` (the stochastic corrector, default `s_churn`), ``--sampling_shift`` (the time grid's
-    shift, default `sampling_shift`) and ``--sampling_likelihood_cap`` (`sampling_likelihood_cap`, or when None the
-    recipe's ``--likelihood_cap``)."""
+    shift, default `sampling_shift`), ``--sampling_likelihood_cap`` (`sampling_likelihood_cap`, or when None the
+    recipe's ``--likelihood_cap``) and ``--sampling_final_likelihood_cap`` (`sampling_final_likelihood_cap`; None:
+    the sampling cap at the last step too)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
     group.add_argument("--solver", default="euler", choices=["euler", "heun"])
     group.add_argument("--s_churn", type=float, default=s_churn,
@@ -425,14 +428,20 @@ def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_c
                                f"{sampling_likelihood_cap:g}")
                             + ". A small cap lets the network veto bits the sampler got wrong; 50 keeps the data end "
                             "exact.")
+    default = "the sampling cap" if sampling_final_likelihood_cap is None else f"{sampling_final_likelihood_cap:g}"
+    group.add_argument("--sampling_final_likelihood_cap", type=float, default=sampling_final_likelihood_cap,
+                       help="For a likelihood_residual model: the cap at the last sampling step only, the one the "
+                            "bits are read from (BinaryFlowMatchScheduler's final_likelihood_cap); default: "
+                            f"{default}.")
 
 
 def noise_scheduler_from_args(args) -> BinaryFlowMatchScheduler:
     """The scheduler a script validates with and saves: its recipe's prediction type and bit scale, the solver, the
-    corrector, the grid's shift, and the sampling cap on a likelihood-residual output (`add_sampler_arguments`)."""
+    corrector, the grid's shift, and the sampling caps on a likelihood-residual output (`add_sampler_arguments`)."""
     cap = args.likelihood_cap if args.sampling_likelihood_cap is None else args.sampling_likelihood_cap
     return BinaryFlowMatchScheduler(prediction_type=args.prediction_type, bit_scale=args.bit_scale, solver=args.solver,
-                                    likelihood_cap=cap, s_churn=args.s_churn, shift=args.sampling_shift)
+                                    likelihood_cap=cap, final_likelihood_cap=args.sampling_final_likelihood_cap,
+                                    s_churn=args.s_churn, shift=args.sampling_shift)
 
 
 def build_pipeline(pipeline_cls, accelerator, model, ema, model_name: str, **components):

@@ -35,10 +35,11 @@ from diffusers_binflow.data import (
 from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
 from diffusers_binflow.flow import LOGIT_PREDICTION_TYPES
 from diffusers_binflow.metrics import MIN_FD_SAMPLES, DigitMetrics
-from diffusers_binflow.model_cards import render_model_card, sampling_likelihood_cap, settings_of
+from diffusers_binflow.model_cards import likelihood_caps, render_model_card, settings_of
 from diffusers_binflow.models import build_unet
 from diffusers_binflow.training import (
     IMAGE_RECIPE,
+    IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP,
     IMAGE_SAMPLING_LIKELIHOOD_CAP,
     RECIPE_OPTIONS,
     FlowLossConfig,
@@ -73,8 +74,8 @@ CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "
                  "logit_std", "uniform_fraction", "likelihood_cap", "v_clamp", "weighting_max", "bit_scale",
                  "self_conditioning", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
                  "lr_scheduler", "use_ema", "ema_max_decay", "mixed_precision", "seed", "solver", "s_churn",
-                 "sampling_shift", "sampling_likelihood_cap", "num_inference_steps", "binarize_threshold",
-                 "stochastic_binarization", "resolution")
+                 "sampling_shift", "sampling_likelihood_cap", "sampling_final_likelihood_cap", "num_inference_steps",
+                 "binarize_threshold", "stochastic_binarization", "resolution")
 
 
 def parse_args(argv=None):
@@ -102,7 +103,8 @@ def parse_args(argv=None):
 
     evaluate = parser.add_argument_group("validation")
     evaluate.add_argument("--validation_steps", type=int, default=250)
-    add_sampler_arguments(evaluate, num_inference_steps=16, sampling_likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP)
+    add_sampler_arguments(evaluate, num_inference_steps=16, sampling_likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP,
+                          sampling_final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP)
     evaluate.add_argument("--guidance_scale", type=float, default=2.0, help="For class-conditional validation.")
     evaluate.add_argument("--metrics_num_samples", type=int, default=0,
                           help="At the end, score this many samples (>= 200) with the digit metrics (1x28x28 data).")
@@ -281,7 +283,7 @@ def main(args):
             metrics=summary, channels=channels, resolution=height, num_classes=num_classes,
             null_class_label=null_class, self_conditioning=args.self_conditioning, guidance_scale=args.guidance_scale,
             num_inference_steps=args.num_inference_steps, grid_file=grid_path.name,
-            sampling_likelihood_cap=sampling_likelihood_cap(pipeline)))
+            **likelihood_caps(pipeline)))
         accelerator.print(f"Saved the pipeline and {grid_path} in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowPipeline, args.hub_token)

@@ -83,7 +83,8 @@ CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbo
                  "known_probability", "known_span_fraction", "max_length", "prediction_type", "loss_space",
                  "loss_type", "timestep_sampling", "logit_mean", "logit_std", "uniform_fraction", "likelihood_cap",
                  "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema", "seed",
-                 "solver", "s_churn", "sampling_shift", "sampling_likelihood_cap", "num_inference_steps")
+                 "solver", "s_churn", "sampling_shift", "sampling_likelihood_cap", "sampling_final_likelihood_cap",
+                 "num_inference_steps")
 
 
 def parse_args(argv=None):

@@ -66,11 +66,16 @@ def is_our_model_card(readme: Path) -> bool:
     return Path(readme).is_file() and "diffusers_binflow" in (ModelCard.load(readme).data.tags or [])
 
 
-def sampling_likelihood_cap(pipeline) -> float | None:
-    """The cap an image pipeline's scheduler puts on a likelihood-residual output's likelihood term, if it binds
-    (below `MAX_LIKELIHOOD_LOGIT`); the card then says how to read the likelihood in full."""
+def likelihood_caps(pipeline) -> dict:
+    """The caps an image pipeline's scheduler puts on a likelihood-residual output's likelihood term, for its card:
+    ``sampling_likelihood_cap`` (every step) and ``sampling_final_likelihood_cap`` (the last one), each None unless
+    it binds (below `MAX_LIKELIHOOD_LOGIT`); the card then says how to read the likelihood in full."""
     prediction_type, _, cap = pipeline.readout
-    return cap if prediction_type == "likelihood_residual" and cap < MAX_LIKELIHOOD_LOGIT else None
+    final_cap = pipeline.scheduler.config.get("final_likelihood_cap")
+    residual = prediction_type == "likelihood_residual"
+    return {"sampling_likelihood_cap": cap if residual and cap < MAX_LIKELIHOOD_LOGIT else None,
+            "sampling_final_likelihood_cap": final_cap if residual and final_cap is not None
+            and final_cap < MAX_LIKELIHOOD_LOGIT else None}
 
 
 def sequence_sampler(pipeline) -> dict:
@@ -93,7 +98,7 @@ def pipeline_model_card(pipeline, repo_id: str) -> str:
                                  num_classes=null_class if null_class is not None else pipeline.num_class_embeds,
                                  null_class_label=null_class, self_conditioning=pipeline.self_conditioning,
                                  guidance_scale=2.0, num_inference_steps=16, grid_file=None,
-                                 sampling_likelihood_cap=sampling_likelihood_cap(pipeline))
+                                 **likelihood_caps(pipeline))
     if name == "BinaryFlowSequencePipeline":
         return render_model_card(name, repo_id=repo_id, tags=["discrete-diffusion"], num_inference_steps=16,
                                  self_conditioning=pipeline.self_conditioning, **sequence_sampler(pipeline))

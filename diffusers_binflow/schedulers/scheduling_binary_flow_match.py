@@ -89,6 +89,11 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             For `prediction_type="likelihood_residual"`: the most log-odds the likelihood term contributes
             (`flow.likelihood_logits`). 50 trusts it fully (exact at the data end); a few nats let the network's
             correction veto bits its prior rejects, such as isolated pixels a sampler left off the data manifold.
+        final_likelihood_cap (`float`, *optional*):
+            The cap at the last model evaluation only, the one the bits are read from (the step into sigma = 0);
+            `None` (the default, and what configs saved before it read) uses `likelihood_cap` there too. A coarse
+            grid ends far from the data (sigma 0.25 after 4 steps), where a smaller cap lets the network remove
+            more of what the steps left behind.
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler"]
@@ -109,6 +114,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         s_tmax: float = 0.7,
         s_noise: float = 1.0,
         likelihood_cap: float = MAX_LIKELIHOOD_LOGIT,
+        final_likelihood_cap: float | None = None,
     ):
         self.register_to_config(prediction_type=check_prediction_type(prediction_type))
         check_choice("solver", solver, SOLVERS)
@@ -125,6 +131,8 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"The corrector's window needs 0 <= s_tmin <= s_tmax <= 1, got {s_tmin!r}, {s_tmax!r}.")
         check_positive("s_noise", s_noise)
         check_positive("likelihood_cap", likelihood_cap)
+        if final_likelihood_cap is not None:
+            check_positive("final_likelihood_cap", final_likelihood_cap)
         if s_churn > 0 and (solver != "euler" or stochastic_sampling):
             raise ValueError("The corrector (s_churn > 0) works with solver='euler' and stochastic_sampling=False.")
         self.order = 2 if solver == "heun" else 1
@@ -164,12 +172,14 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """The model sees the state unscaled (present for pipelines written for SD-style schedulers)."""
         return sample
 
-    @property
-    def _readout(self) -> tuple:
+    def _readout(self, final: bool = False) -> tuple:
         """How a model output becomes x_hat: (prediction_type, bit_scale, likelihood_cap), as `predict_x0` takes them;
-        configs saved before `likelihood_cap` existed read 50 (no cap)."""
-        return (self.config.prediction_type, self.config.bit_scale,
-                self.config.get("likelihood_cap", MAX_LIKELIHOOD_LOGIT))
+        `final` for the step into sigma = 0, which reads `final_likelihood_cap` when set. Configs saved before
+        `likelihood_cap` existed read 50 (no cap)."""
+        cap = self.config.get("likelihood_cap", MAX_LIKELIHOOD_LOGIT)
+        if final and self.config.get("final_likelihood_cap") is not None:
+            cap = self.config.final_likelihood_cap
+        return (self.config.prediction_type, self.config.bit_scale, cap)
 
     def bits_to_signal(self, bits: torch.Tensor) -> torch.Tensor:
         return bits_to_signal(bits, self.config.bit_scale)
@@ -301,17 +311,18 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         output, state = model_output.float(), sample.float()
         sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
         landing = self.grid_sigmas[self.step_index + 1]  # below sigma_next where the corrector raises it
-        x0 = predict_x0(output, state, sigma, *self._readout)
+        final = bool(sigma_next == 0)
+        x0 = predict_x0(output, state, sigma, *self._readout(final))
         check_finite_estimate(x0, self.step_index, sigma)
 
         if self._heun_first_stage is not None:
             prev_sample = self._heun_correct(output, state, sigma)
-        elif sigma_next == 0:
+        elif final:
             prev_sample = self._final_step(x0, generator)
         elif self.config.stochastic_sampling:
             prev_sample = interpolate(x0, randn_tensor(x0.shape, generator=generator, device=x0.device), sigma_next)
         else:
-            velocity = predict_velocity(output, state, sigma, *self._readout)
+            velocity = predict_velocity(output, state, sigma, *self._readout())
             prev_sample = state + (landing - sigma) * velocity
             if self.config.solver == "heun":
                 self._heun_first_stage = (state, velocity, landing - sigma)
@@ -329,7 +340,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """Heun's corrector: redo the step from its start with the mean of the two slopes."""
         start, first_velocity, dt = self._heun_first_stage
         self._heun_first_stage = None
-        velocity = predict_velocity(output, state, sigma, *self._readout)
+        velocity = predict_velocity(output, state, sigma, *self._readout())
         return start + dt * (first_velocity + velocity) / 2
 
     def _final_step(self, x0: torch.Tensor, generator) -> torch.Tensor:

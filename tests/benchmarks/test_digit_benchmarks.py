@@ -12,6 +12,7 @@ import torch
 
 from benchmarks import digit_runs
 from benchmarks.digit_runs import METHODS
+from benchmarks.peers_digits import DEFAULT_OURS
 from tests.benchmarks.helpers import run_benchmark
 from tests.helpers import numbers
 
@@ -93,7 +94,7 @@ def peers_cache(tmp_path_factory):
 def test_peers_digits_smoke(peers, peers_cache, tmp_path):
     run_smoke("peers_digits", tmp_path, "--cache_dir", peers_cache, "--peers", *peers)
     result = json.loads((tmp_path / "peers_digits.json").read_text())
-    assert [m["key"] for m in result["methods"]] == ["lr-bce-ln-cap2", *peers] and result["skipped"] == []
+    assert [m["key"] for m in result["methods"]] == [DEFAULT_OURS[0], *peers] and result["skipped"] == []
     for method in result["methods"]:
         assert set(method["per_nfe"]) == {"1", "2"}  # JSON keys
         for scores in method["per_nfe"].values():
@@ -101,7 +102,7 @@ def test_peers_digits_smoke(peers, peers_cache, tmp_path):
             assert 0 <= scores["precision"]["mean"] <= 1 and 0 <= scores["recall"]["mean"] <= 1
     assert all(math.isfinite(x) for x in numbers(result))
     table = (tmp_path / "peers_digits.md").read_text()
-    ours = METHODS["lr-bce-ln-cap2"].name
+    ours = METHODS[DEFAULT_OURS[0]].name
     assert table.count(f"| {ours} |") == 3  # FD, seconds, precision / recall tables
     check_png(tmp_path / "peers_digits.png")
 
@@ -111,7 +112,7 @@ def test_peers_digits_runs_the_peers_alone_when_no_recipe_of_ours_is_named(peers
     run_smoke("peers_digits", tmp_path, "--cache_dir", peers_cache, "--ours", "--peers", "jit")
     result = json.loads((tmp_path / "peers_digits.json").read_text())
     assert [m["key"] for m in result["methods"]] == ["jit"] and result["config"]["ours"] == []
-    assert METHODS["lr-bce-ln-cap2"].name not in (tmp_path / "peers_digits.md").read_text()
+    assert METHODS[DEFAULT_OURS[0]].name not in (tmp_path / "peers_digits.md").read_text()
 
 
 def test_peers_digits_refuses_a_run_with_nothing_to_run(monkeypatch, tmp_path, capsys):

@@ -540,3 +540,23 @@ def test_a_likelihood_residual_denoiser_with_a_zero_residual_samples_independent
     pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, likelihood_cap=2.0)
     assert pipe.readout == ("likelihood_residual", 1.0, 2.0)
     assert pipe(batch_size=16, num_inference_steps=8, generator=seeded(), output_type="pt").images.sum() == 0
+
+
+def test_a_card_names_the_likelihood_caps_its_scheduler_samples_with():
+    """`push_to_hub`'s card reads the scheduler: no cap, a cap on every step (with or without a smaller one at the
+    last step), or only the last step's; each card names how to read the likelihood in full."""
+    from diffusers_binflow.model_cards import pipeline_model_card
+
+    pipe = tiny_pipeline(prediction_type="likelihood_residual")
+    assert "capped" not in pipeline_model_card(pipe, "tester/full")
+
+    def card(**caps):
+        pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, **caps)
+        return " ".join(pipeline_model_card(pipe, "tester/capped").split())  # the paragraph, unwrapped
+
+    both = card(likelihood_cap=2.0, final_likelihood_cap=1.0)
+    assert "capped at 2.0 nats (1.0 nats at the last step, which the bits are read from)" in both
+    assert "likelihood_cap=50, final_likelihood_cap=None" in both
+    assert "capped at 2.0 nats, so that" in card(likelihood_cap=2.0, final_likelihood_cap=None)
+    assert "capped at 1.0 nats at the last step, which the bits are read from" in card(likelihood_cap=50.0,
+                                                                                       final_likelihood_cap=1.0)

@@ -507,3 +507,34 @@ def test_the_likelihood_cap_is_a_sampler_setting_saved_in_the_config_and_old_con
     del config["likelihood_cap"]
     (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
     assert torch.equal(x_hat(BinaryFlowMatchScheduler.from_pretrained(tmp_path)), x_hat(full))
+
+
+def test_the_final_likelihood_cap_applies_to_the_last_evaluation_only_and_old_configs_read_none(tmp_path):
+    """A residual of -1.5 nats everywhere against a state whose likelihood is large: under a cap of 2 the likelihood
+    wins at every step; with `final_likelihood_cap=1` the step into sigma = 0 (Euler's and Heun's) reads the veto,
+    every earlier step is unchanged. A config saved before the option existed reads None (the same cap throughout)."""
+    state = torch.tensor([[0.6, 0.9]])  # likelihood log-odds >= 2.4 from sigma 0.5 down
+    veto = torch.full_like(state, -1.5)
+
+    def estimates(scheduler):  # x_hat of every step, with the state held fixed
+        scheduler.set_timesteps(4)
+        return [scheduler.step(veto, t, state).pred_original_sample for t in scheduler.timesteps]
+
+    for solver in ("euler", "heun"):
+        capped = BinaryFlowMatchScheduler(prediction_type="likelihood_residual", likelihood_cap=2.0, solver=solver)
+        final = BinaryFlowMatchScheduler.from_config(capped.config, final_likelihood_cap=1.0)
+        before, after = estimates(capped), estimates(final)
+        assert len(before) == (4 if solver == "euler" else 7)
+        assert (before[-1] > 0).all() and (after[-1] < 0).all()
+        # Every step but the last reads the same (at sigma 1 the likelihood is 0 whatever the cap).
+        assert all(torch.equal(a, b) for a, b in zip(before[:-1], after[:-1])) and (after[-2] > 0).all()
+
+    final.save_config(tmp_path)
+    assert BinaryFlowMatchScheduler.from_pretrained(tmp_path).config.final_likelihood_cap == 1.0
+    config = json.loads((tmp_path / "scheduler_config.json").read_text())
+    del config["final_likelihood_cap"]
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
+    old = BinaryFlowMatchScheduler.from_pretrained(tmp_path)
+    assert old.config.final_likelihood_cap is None and torch.equal(estimates(old)[-1], estimates(capped)[-1])
+    with pytest.raises(ValueError, match="`final_likelihood_cap` must be a finite positive number"):
+        BinaryFlowMatchScheduler(final_likelihood_cap=0.0)
