@@ -181,3 +181,22 @@ def test_speckle_origin_smoke(tmp_path):
     assert sum(result["positive_since_sigma"].values()) == result["isolated_pixels"]
     assert [round(s["sigma"], 3) for s in result["last_steps"]] == [0.75, 0.5, 0.25]  # NFE 4
     assert "| sigma | likelihood logit (isolated) |" in (tmp_path / "speckle_origin.md").read_text()
+
+
+def test_fd_sampling_noise_smoke(tmp_path, capsys):
+    stdout = run_smoke("fd_sampling_noise", tmp_path, "--cache_dir", tmp_path / "cache", "--method", "lr-bce-ln-cap2")
+    result = json.loads((tmp_path / "fd_sampling_noise.json").read_text())
+    assert [d["generator_seed"] for d in result["draws"]] == [0, 10_000]
+    # two draws of the same run differ (independent noise), and each is scored like the pooled set
+    assert result["fds"][0] != result["fds"][1] and result["fd"]["n"] == 2
+    assert result["pooled"]["num_samples"] == 400 and result["pooled"]["fd"] > 0
+    assert all(math.isfinite(x) for x in numbers(result))
+    assert "All 400 samples pooled" in (tmp_path / "fd_sampling_noise.md").read_text() and "FD" in stdout
+    from benchmarks import fd_sampling_noise
+
+    for argv, message in ((["--draws", "1"], "--draws must be at least 2"),
+                          (["--draws", "100", "--num_samples", "1000"], "exceeds the")):
+        with pytest.raises(SystemExit):  # refused before anything is trained or written
+            fd_sampling_noise.main([*argv, "--cache_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "x")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "x").exists()

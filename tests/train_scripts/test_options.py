@@ -67,6 +67,7 @@ def test_every_script_takes_the_diffusers_example_flags(script, capsys):
     (("--s_churn", "4", "--solver", "heun"), "works with --solver euler only: pass --s_churn 0 with --solver heun"),
     (("--sampling_shift", "0"), "--sampling_shift must be in (0, inf)"),
     (("--sampling_shift", "nan"), "--sampling_shift must be in (0, inf)"),
+    (("--sampling_final_likelihood_cap", "0"), "--sampling_final_likelihood_cap must be in (0, 50.0]"),
 ])
 def test_bad_values_are_refused_at_parse_time(script, capsys, options, message):
     if "wandb" in options or "comet_ml" in options:
@@ -89,6 +90,8 @@ def test_the_saved_sampler_is_the_scripts_default_or_the_one_asked_for(script, c
     assert (saved.s_churn, saved.shift) == (default, shift)
     assert noise_scheduler_from_args(parse("--s_churn", "8")).config.s_churn == 8.0
     assert noise_scheduler_from_args(parse("--sampling_shift", "2")).config.shift == 2.0
+    assert saved.final_likelihood_cap is None  # the same cap at every step, unless asked
+    assert noise_scheduler_from_args(parse("--sampling_final_likelihood_cap", "1")).config.final_likelihood_cap == 1.0
     heun = noise_scheduler_from_args(parse("--solver", "heun", "--s_churn", "0")).config
     assert (heun.solver, heun.s_churn) == ("heun", 0.0)
     if default:

@@ -96,7 +96,7 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     body = (output_dir / "README.md").read_text()
     assert "trust_remote_code=True" in body and "BinaryFlowPipeline.from_pretrained" in body
     assert "| prediction_type | likelihood_residual |" in body and "| sampling_likelihood_cap | 2.0 |" in body
-    assert "| sampling_final_likelihood_cap | 1.0 |" in body and "1.0 nats at the last step" in body
+    assert "sampling_final_likelihood_cap" not in body and "at the last step" not in body  # the same cap throughout
     assert "capped at 2.0 nats" in body and "likelihood_cap=50" in body  # how to read the likelihood in full
     assert "final_training_loss" in body and "sample_grid.png" in body
     summary = json.loads((output_dir / "training_summary.json").read_text())
@@ -224,8 +224,6 @@ def test_unknown_option_values_are_refused(tmp_path, tiny_config):
     assert "needs --prediction_type logits" in refused(tmp_path, tiny_config, "--prediction_type", "sample")
     assert "--sampling_likelihood_cap must be in (0, 50.0]" in refused(tmp_path, tiny_config,
                                                                        "--sampling_likelihood_cap", "0")
-    assert "--sampling_final_likelihood_cap must be in (0, 50.0]" in refused(
-        tmp_path, tiny_config, "--sampling_final_likelihood_cap", "nan")
 
 
 def test_a_local_datasets_folder_trains_with_its_cache_dir_and_the_card_names_no_local_dataset(tmp_path,
