@@ -39,7 +39,7 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     # The grid's timestep shift (sigma -> shift sigma / (1 + (shift - 1) sigma)): > 1 puts more steps near noise.
     **{f"Euler, shift {shift:g}": {"shift": float(shift)} for shift in (0.5, 2)},
     # For likelihood-residual models: cap the likelihood term's log-odds so that the network can veto a bit.
-    **{f"likelihood cap {cap:g}": {"likelihood_cap": float(cap)} for cap in (2, 4)},
+    **{f"likelihood cap {cap:g}": {"likelihood_cap": float(cap)} for cap in (1, 2, 4)},
     "likelihood cap 2, corrector s_churn 8": {"likelihood_cap": 2.0, "s_churn": 8.0, "s_tmin": 0.05, "s_tmax": 0.7},
     # A smaller cap at the last evaluation only, the one the bits are read from (`final_likelihood_cap`).
     "likelihood cap 2, final cap 1": {"likelihood_cap": 2.0, "final_likelihood_cap": 1.0},

@@ -129,10 +129,13 @@ def test_peers_digits_refuses_a_run_with_nothing_to_run(monkeypatch, tmp_path, c
 
 def test_sampler_variants_smoke(tmp_path):
     stdout = run_smoke("sampler_variants", tmp_path, "--cache_dir", tmp_path / "cache", "--methods", "x-mse-ln",
-                       "lr-bce-ln", "--variants", "Heun", "corrector, s_churn 4", "likelihood cap 2")
+                       "lr-bce-ln", "--variants", "Heun", "corrector, s_churn 4", "likelihood cap 2",
+                       "likelihood cap 2, final cap 1")
     result = json.loads((tmp_path / "sampler_variants.json").read_text())
     rows = {(row["method"], row["variant"]): row for row in result["rows"]}
-    assert len(rows) == 6 and rows["x-mse-ln", "Heun"]["steps"] == 2 and rows["x-mse-ln", "Heun"]["nfe"] == 3
+    assert len(rows) == 8 and rows["x-mse-ln", "Heun"]["steps"] == 2 and rows["x-mse-ln", "Heun"]["nfe"] == 3
+    # the last-step cap is one of the options the scheduler was built with
+    assert rows["lr-bce-ln", "likelihood cap 2, final cap 1"]["options"]["final_likelihood_cap"] == 1.0
     assert all(row["nfe"] == 3 and row["fd"]["mean"] > 0 and len(row["per_seed"]) == 1 for row in rows.values())
     assert all(math.isfinite(x) for x in numbers(result))
     table = (tmp_path / "sampler_variants.md").read_text()
