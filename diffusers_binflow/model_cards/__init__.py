@@ -70,7 +70,7 @@ def likelihood_caps(pipeline) -> dict:
     """The caps an image pipeline's scheduler puts on a likelihood-residual output's likelihood term, for its card:
     ``sampling_likelihood_cap`` (every step) and ``sampling_final_likelihood_cap`` (the last one), each None unless
     it binds (below `MAX_LIKELIHOOD_LOGIT`); the card then says how to read the likelihood in full."""
-    prediction_type, _, cap = pipeline.readout
+    prediction_type, _, cap = pipeline.readout()
     final_cap = pipeline.scheduler.config.get("final_likelihood_cap")
     residual = prediction_type == "likelihood_residual"
     return {"sampling_likelihood_cap": cap if residual and cap < MAX_LIKELIHOOD_LOGIT else None,

@@ -98,10 +98,13 @@ class BinaryFlowPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHub
     def bit_scale(self) -> float:
         return self.config.bit_scale
 
-    @property
-    def readout(self) -> tuple:
+    def readout(self, final: bool = False) -> tuple:
         """How the denoiser's output becomes x_hat, as `predict_x0` takes it: (prediction_type, bit_scale,
-        likelihood_cap); the cap of a `"likelihood_residual"` denoiser is a sampler setting, the scheduler's."""
+        likelihood_cap). The cap of a `"likelihood_residual"` denoiser is a sampler setting, the scheduler's; `final`
+        for the evaluation whose step lands on sigma = 0, where a `BinaryFlowMatchScheduler` reads its
+        `final_likelihood_cap`, so that guidance and the `"probs"` output read each evaluation as the step does."""
+        if isinstance(self.scheduler, BinaryFlowMatchScheduler):
+            return (self.prediction_type, self.bit_scale, self.scheduler.readout(final)[2])
         return (self.prediction_type, self.bit_scale, self.scheduler.config.get("likelihood_cap", MAX_LIKELIHOOD_LOGIT))
 
     @property
@@ -210,18 +213,20 @@ class BinaryFlowPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHub
                              f"terminal 0 itself), got {grid.tolist()}.")
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, class_labels, guidance_scale: float,
-                x_hat_prev: torch.Tensor | None = None):
-        """The denoiser's output at `latents`, guided in x-space: ``x = x_null + w (x_class - x_null)``; a
-        self-conditioned denoiser also sees the previous step's estimate `x_hat_prev` (both passes the same)."""
+                x_hat_prev: torch.Tensor | None = None, final: bool = False):
+        """The denoiser's output at `latents`, guided in x-space: ``x = x_null + w (x_class - x_null)``, each branch
+        read as the step reads it (`readout(final)`); a self-conditioned denoiser also sees the previous step's
+        estimate `x_hat_prev` (both passes the same)."""
         sigma = t / self.scheduler.config.num_train_timesteps
         model_input = self.denoiser_input(latents, x_hat_prev)
         if guidance_scale == 1.0:
             return self._denoise(model_input, t, class_labels)
         null_labels = torch.full_like(class_labels, self.config.null_class_label)
         both = self._denoise(torch.cat([model_input, model_input]), t, torch.cat([class_labels, null_labels]))
-        x_class, x_null = predict_x0(both, torch.cat([latents, latents]), sigma, *self.readout).chunk(2)
+        readout = self.readout(final)
+        x_class, x_null = predict_x0(both, torch.cat([latents, latents]), sigma, *readout).chunk(2)
         x_guided = x_null + guidance_scale * (x_class - x_null)
-        return model_output_from_x0(x_guided, latents, sigma, *self.readout)
+        return model_output_from_x0(x_guided, latents, sigma, *readout)
 
     def _denoise(self, sample: torch.Tensor, t: torch.Tensor, class_labels):
         timesteps = t.expand(sample.shape[0]).to(device=sample.device, dtype=sample.dtype)
@@ -308,11 +313,12 @@ class BinaryFlowPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHub
             if self.interrupt:
                 continue
             sigma = t / scheduler.config.num_train_timesteps
-            model_output = self.predict(latents, t, class_labels, guidance_scale, x_hat_prev=x0)
-            x0 = predict_x0(model_output, latents, sigma, *self.readout)
+            final = bool(scheduler.sigmas[i + 1] == 0)  # the evaluation the bits are read from
+            model_output = self.predict(latents, t, class_labels, guidance_scale, x_hat_prev=x0, final=final)
+            x0 = predict_x0(model_output, latents, sigma, *self.readout(final))
             check_finite_estimate(x0, i, sigma)
             if isinstance(scheduler, VELOCITY_SCHEDULERS):
-                model_output = predict_velocity(model_output, latents, sigma, *self.readout)
+                model_output = predict_velocity(model_output, latents, sigma, *self.readout(final))
             latents = scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
             if known is not None:
                 latents = reimpose_known(latents, known, keep, scheduler.sigmas[i + 1], generator)

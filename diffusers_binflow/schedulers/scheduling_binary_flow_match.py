@@ -172,10 +172,10 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """The model sees the state unscaled (present for pipelines written for SD-style schedulers)."""
         return sample
 
-    def _readout(self, final: bool = False) -> tuple:
+    def readout(self, final: bool = False) -> tuple:
         """How a model output becomes x_hat: (prediction_type, bit_scale, likelihood_cap), as `predict_x0` takes them;
-        `final` for the step into sigma = 0, which reads `final_likelihood_cap` when set. Configs saved before
-        `likelihood_cap` existed read 50 (no cap)."""
+        `final` for the evaluation whose step lands on sigma = 0 (the one the bits are read from), which reads
+        `final_likelihood_cap` when set. Configs saved before `likelihood_cap` existed read 50 (no cap)."""
         cap = self.config.get("likelihood_cap", MAX_LIKELIHOOD_LOGIT)
         if final and self.config.get("final_likelihood_cap") is not None:
             cap = self.config.final_likelihood_cap
@@ -312,7 +312,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
         landing = self.grid_sigmas[self.step_index + 1]  # below sigma_next where the corrector raises it
         final = bool(sigma_next == 0)
-        x0 = predict_x0(output, state, sigma, *self._readout(final))
+        x0 = predict_x0(output, state, sigma, *self.readout(final))
         check_finite_estimate(x0, self.step_index, sigma)
 
         if self._heun_first_stage is not None:
@@ -322,7 +322,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         elif self.config.stochastic_sampling:
             prev_sample = interpolate(x0, randn_tensor(x0.shape, generator=generator, device=x0.device), sigma_next)
         else:
-            velocity = predict_velocity(output, state, sigma, *self._readout())
+            velocity = predict_velocity(output, state, sigma, *self.readout())
             prev_sample = state + (landing - sigma) * velocity
             if self.config.solver == "heun":
                 self._heun_first_stage = (state, velocity, landing - sigma)
@@ -340,7 +340,7 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """Heun's corrector: redo the step from its start with the mean of the two slopes."""
         start, first_velocity, dt = self._heun_first_stage
         self._heun_first_stage = None
-        velocity = predict_velocity(output, state, sigma, *self._readout())
+        velocity = predict_velocity(output, state, sigma, *self.readout())
         return start + dt * (first_velocity + velocity) / 2
 
     def _final_step(self, x0: torch.Tensor, generator) -> torch.Tensor:

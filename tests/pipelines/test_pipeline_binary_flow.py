@@ -1,3 +1,4 @@
+import copy
 import inspect
 import json
 
@@ -538,8 +539,43 @@ def test_a_likelihood_residual_denoiser_with_a_zero_residual_samples_independent
     vetoed = pipe(batch_size=16, num_inference_steps=8, generator=seeded(), output_type="pt").images
     assert vetoed.mean().item() > 0.01
     pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, likelihood_cap=2.0)
-    assert pipe.readout == ("likelihood_residual", 1.0, 2.0)
+    assert pipe.readout() == ("likelihood_residual", 1.0, 2.0)
     assert pipe(batch_size=16, num_inference_steps=8, generator=seeded(), output_type="pt").images.sum() == 0
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+def test_the_last_evaluation_is_read_under_the_final_likelihood_cap_by_the_bits_the_probs_and_guidance(
+        guidance_scale):
+    """With `final_likelihood_cap`, the evaluation whose step lands on sigma = 0 is read under that cap by the bits,
+    the `"probs"` output and both guidance branches alike. Oracle: the last step alone, from the state before it, by
+    a scheduler with that cap at every step."""
+    pipe = conditional_pipeline(prediction_type="likelihood_residual", final_likelihood_cap=0.5)
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.mul_(20.0)  # residuals of several nats, against the likelihood's ~24 at sigma 0.25
+    steps, labels = 4, [0, 2]
+    kwargs = dict(batch_size=2, class_labels=labels, guidance_scale=guidance_scale, num_inference_steps=steps)
+    before_last = {}
+
+    def keep_state(pipeline, i, t, tensors):
+        if i == steps - 2:
+            before_last["latents"] = tensors["latents"].clone()
+        return tensors
+
+    probs = pipe(**kwargs, generator=seeded(), output_type="probs", callback_on_step_end=keep_state).images
+    bits = pipe(**kwargs, generator=seeded(), output_type="pt").images
+    assert torch.equal(bits, (probs > 0.5).to(bits.dtype))
+
+    grid = copy.deepcopy(pipe.scheduler)
+    grid.set_timesteps(steps)
+    capped_throughout = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, likelihood_cap=0.5)
+    alone = BinaryFlowPipeline(unet=pipe.unet, scheduler=capped_throughout, null_class_label=3)
+    expected = alone(batch_size=2, class_labels=labels, guidance_scale=guidance_scale, sigmas=[grid.sigmas[-2].item()],
+                     latents=before_last["latents"], output_type="probs").images
+    torch.testing.assert_close(probs, expected)
+
+    pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, final_likelihood_cap=None)
+    in_full = pipe(**kwargs, generator=seeded(), output_type="probs").images
+    assert ((in_full > 0.5) != (probs > 0.5)).any()  # the cap decides bits here, so the test can tell the readings
 
 
 def test_a_card_names_the_likelihood_caps_its_scheduler_samples_with():

@@ -74,7 +74,7 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     assert pipe.config.null_class_label == 10 and pipe.unet.config.num_class_embeds == 11
     # The image default: a likelihood-residual model, sampled with the likelihood term capped at 2 nats.
     assert pipe.prediction_type == pipe.scheduler.config.prediction_type == "likelihood_residual"
-    assert pipe.readout == ("likelihood_residual", 1.0, 2.0)
+    assert pipe.readout() == ("likelihood_residual", 1.0, 2.0)
     assert {p.name for p in (output_dir / "samples").iterdir()} == {"step_000002.png", "step_000004.png"}
     assert (output_dir / "sample_grid.png").is_file()
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
