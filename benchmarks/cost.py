@@ -32,7 +32,7 @@ from diffusers_binflow.losses import binary_flow_loss
 from diffusers_binflow.metrics.digits import digit_bits
 from diffusers_binflow.training import (
     IMAGE_RECIPE,
-    IMAGE_SAMPLING_LIKELIHOOD_CAP,
+    IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP,
     flow_matching_loss,
 )
 
@@ -95,7 +95,7 @@ def sampling_runs(model, batch: int, nfe: int):
             return scheduler_timer(self, *args, **kwargs)
 
     pipeline = BinaryFlowPipeline(unet=model, prediction_type=IMAGE_RECIPE.prediction_type, scheduler=TimedScheduler(
-        prediction_type=IMAGE_RECIPE.prediction_type, likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP))
+        prediction_type=IMAGE_RECIPE.prediction_type, final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP))
     pipeline.set_progress_bar_config(disable=True)
     plain_scheduler = FlowMatchEulerDiscreteScheduler()
 

@@ -19,7 +19,7 @@ import torch
 
 from diffusers_binflow.metrics import DigitMetrics
 
-from .digit_runs import METHODS, generate, train
+from .digit_runs import IMAGE_DEFAULT, METHODS, generate, train
 from .reporting import command_line, machine, mean_std, write_results
 
 DRAW_SEED_STRIDE = 10_000
@@ -44,7 +44,7 @@ def markdown(result: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     flows = sorted(k for k, m in METHODS.items() if m.sampler == "binary_flow")
-    parser.add_argument("--method", choices=flows, default="lr-bce-ln-cap2")
+    parser.add_argument("--method", choices=flows, default=IMAGE_DEFAULT)
     parser.add_argument("--seed", type=int, default=0, help="the training seed of the cached run")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=32)

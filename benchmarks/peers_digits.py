@@ -29,10 +29,10 @@ import torch
 
 from diffusers_binflow.metrics import DigitMetrics
 
-from .digit_runs import METHODS, generate, run_dir, train
+from .digit_runs import IMAGE_DEFAULT, METHODS, generate, run_dir, train
 from .reporting import command_line, failed_note, machine, mean_std, pyplot, run_jobs, sample_or_failure, write_results
 
-DEFAULT_OURS = ("lr-bce-ln-cap2",)  # the image script's default (training.IMAGE_RECIPE, sampled with its cap)
+DEFAULT_OURS = (IMAGE_DEFAULT,)
 PEERS = ("jit", "rf-fm-euler", "uniform-flip", "dfm-uniform", "dfm-mask")
 NEEDS_META = ("dfm-uniform", "dfm-mask")
 NFES = (1, 2, 4, 8, 16, 32, 64)

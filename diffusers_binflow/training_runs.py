@@ -404,12 +404,12 @@ class EpochOrder:
         self.dataset.begin_epoch(epoch)
 
 
-def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_cap: float | None = None,
+def add_sampler_arguments(group, num_inference_steps: int, sampling_final_likelihood_cap: float | None = None,
                           s_churn: float = 0.0, sampling_shift: float = 1.0):
     """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
     ``--solver``, ``--s_churn`` (the stochastic corrector, default `s_churn`), ``--sampling_shift`` (the time grid's
-    shift, default `sampling_shift`), ``--sampling_likelihood_cap`` (`sampling_likelihood_cap`, or when None the
-    recipe's ``--likelihood_cap``) and ``--sampling_final_likelihood_cap`` (default None: the sampling cap at the last
+    shift, default `sampling_shift`), ``--sampling_likelihood_cap`` (default None: the recipe's ``--likelihood_cap``)
+    and ``--sampling_final_likelihood_cap`` (`sampling_final_likelihood_cap`; None: the sampling cap at the last
     step too)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
     group.add_argument("--solver", default="euler", choices=["euler", "heun"])
@@ -420,17 +420,17 @@ def add_sampler_arguments(group, num_inference_steps: int, sampling_likelihood_c
                        help="The saved scheduler's time-grid shift (BinaryFlowMatchScheduler's shift: below 1 moves "
                             f"the steps towards the data end, above 1 towards noise, 1 keeps them uniform in sigma); "
                             f"default {sampling_shift:g}.")
-    group.add_argument("--sampling_likelihood_cap", type=float, default=sampling_likelihood_cap,
+    group.add_argument("--sampling_likelihood_cap", type=float, default=None,
                        help="For a likelihood_residual model: the cap (nats) the saved scheduler puts on the "
                             "likelihood term when sampling (BinaryFlowMatchScheduler's likelihood_cap); default: "
-                            + ("--likelihood_cap" if sampling_likelihood_cap is None else
-                               f"{sampling_likelihood_cap:g}")
-                            + ". A small cap lets the network veto bits the sampler got wrong; 50 keeps the data end "
-                            "exact.")
-    group.add_argument("--sampling_final_likelihood_cap", type=float, default=None,
+                            "--likelihood_cap. A small cap lets the network veto bits the sampler got wrong; 50 keeps "
+                            "the data end exact.")
+    group.add_argument("--sampling_final_likelihood_cap", type=float, default=sampling_final_likelihood_cap,
                        help="For a likelihood_residual model: the cap at the last sampling step only, the one the "
-                            "bits are read from (BinaryFlowMatchScheduler's final_likelihood_cap); default: the "
-                            "sampling cap. 1 is the better few-step sampler of the image default.")
+                            "bits are read from (BinaryFlowMatchScheduler's final_likelihood_cap); default: "
+                            + ("the sampling cap" if sampling_final_likelihood_cap is None else
+                               f"{sampling_final_likelihood_cap:g}")
+                            + ".")
 
 
 def noise_scheduler_from_args(args) -> BinaryFlowMatchScheduler:

@@ -39,7 +39,7 @@ from diffusers_binflow.model_cards import likelihood_caps, render_model_card, se
 from diffusers_binflow.models import build_unet
 from diffusers_binflow.training import (
     IMAGE_RECIPE,
-    IMAGE_SAMPLING_LIKELIHOOD_CAP,
+    IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP,
     RECIPE_OPTIONS,
     FlowLossConfig,
     add_recipe_arguments,
@@ -102,7 +102,8 @@ def parse_args(argv=None):
 
     evaluate = parser.add_argument_group("validation")
     evaluate.add_argument("--validation_steps", type=int, default=250)
-    add_sampler_arguments(evaluate, num_inference_steps=16, sampling_likelihood_cap=IMAGE_SAMPLING_LIKELIHOOD_CAP)
+    add_sampler_arguments(evaluate, num_inference_steps=16,
+                          sampling_final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP)
     evaluate.add_argument("--guidance_scale", type=float, default=2.0, help="For class-conditional validation.")
     evaluate.add_argument("--metrics_num_samples", type=int, default=0,
                           help="At the end, score this many samples (>= 200) with the digit metrics (1x28x28 data).")

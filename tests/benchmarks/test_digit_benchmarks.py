@@ -45,6 +45,23 @@ def test_generate_is_binary_seeded_and_cached_runs_reload(key, tmp_path):
     torch.testing.assert_close(digit_runs.generate(again, 5, nfe=2, seed=7, chunk=3), first, rtol=0, atol=0)
 
 
+def test_the_benchmarks_image_default_trains_and_samples_as_the_image_script_saves():
+    """`peers_digits`' and `fd_sampling_noise`'s default method is what `train_binary_flow.py` trains and saves by
+    default: the same recipe, and a scheduler with the same solver and likelihood caps."""
+    from diffusers_binflow.training import FlowLossConfig
+    from diffusers_binflow.training_runs import noise_scheduler_from_args
+    from tests.train_scripts.runs import load_script
+
+    args = load_script("train_binary_flow").parse_args(["--output_dir", "out"])
+    method = METHODS[digit_runs.IMAGE_DEFAULT]
+    assert DEFAULT_OURS == (digit_runs.IMAGE_DEFAULT,) and method.loss_config() == FlowLossConfig.from_args(args)
+    run = digit_runs.Run(method, 0, digit_runs.build_body(), {})
+    sampler = digit_runs.flow_pipeline(run, solver=method.solver).scheduler.config
+    saved = noise_scheduler_from_args(args).config
+    keys = ("prediction_type", "solver", "likelihood_cap", "final_likelihood_cap", "s_churn", "shift")
+    assert {k: sampler[k] for k in keys} == {k: saved[k] for k in keys}
+
+
 def test_methods_that_differ_only_in_the_sampler_share_a_training_run(tmp_path):
     assert digit_runs.run_dir(tmp_path, METHODS["rf-fm-euler"], 0, 10, 4) == digit_runs.run_dir(
         tmp_path, METHODS["rf"], 0, 10, 4)

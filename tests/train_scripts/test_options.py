@@ -90,7 +90,8 @@ def test_the_saved_sampler_is_the_scripts_default_or_the_one_asked_for(script, c
     assert (saved.s_churn, saved.shift) == (default, shift)
     assert noise_scheduler_from_args(parse("--s_churn", "8")).config.s_churn == 8.0
     assert noise_scheduler_from_args(parse("--sampling_shift", "2")).config.shift == 2.0
-    assert saved.final_likelihood_cap is None  # the same cap at every step, unless asked
+    # the image default reads the bits under 1 nat (BENCHMARKS.md, seventeenth stop); the others one cap throughout
+    assert saved.final_likelihood_cap == (1.0 if script.SCRIPT == "train_binary_flow" else None)
     assert noise_scheduler_from_args(parse("--sampling_final_likelihood_cap", "1")).config.final_likelihood_cap == 1.0
     heun = noise_scheduler_from_args(parse("--solver", "heun", "--s_churn", "0")).config
     assert (heun.solver, heun.s_churn) == ("heun", 0.0)

@@ -72,9 +72,10 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
                   output_type="np").images
     assert images.shape == (2, 28, 28, 1) and set(np.unique(images)) <= {0.0, 1.0}
     assert pipe.config.null_class_label == 10 and pipe.unet.config.num_class_embeds == 11
-    # The image default: a likelihood-residual model, sampled with the likelihood term capped at 2 nats.
+    # The image default: a likelihood-residual model, sampled with the likelihood term in full and capped at 1 nat
+    # at the last step, the one the bits are read from.
     assert pipe.prediction_type == pipe.scheduler.config.prediction_type == "likelihood_residual"
-    assert pipe.readout() == ("likelihood_residual", 1.0, 2.0)
+    assert pipe.readout() == ("likelihood_residual", 1.0, 50.0) and pipe.readout(final=True)[2] == 1.0
     assert {p.name for p in (output_dir / "samples").iterdir()} == {"step_000002.png", "step_000004.png"}
     assert (output_dir / "sample_grid.png").is_file()
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -95,9 +96,10 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     assert {"diffusers_binflow", "binary-flow-matching", "class-conditional"} <= set(metadata["tags"])
     body = (output_dir / "README.md").read_text()
     assert "trust_remote_code=True" in body and "BinaryFlowPipeline.from_pretrained" in body
-    assert "| prediction_type | likelihood_residual |" in body and "| sampling_likelihood_cap | 2.0 |" in body
-    assert "sampling_final_likelihood_cap" not in body and "at the last step" not in body  # the same cap throughout
-    assert "capped at 2.0 nats" in body and "likelihood_cap=50" in body  # how to read the likelihood in full
+    assert "| prediction_type | likelihood_residual |" in body and "| sampling_final_likelihood_cap | 1.0 |" in body
+    assert "| sampling_likelihood_cap |" not in body  # none on the other steps
+    assert "capped at 1.0 nats at the last step, which the bits are read from" in " ".join(body.split())
+    assert "likelihood_cap=50" in body  # how to read the likelihood in full
     assert "final_training_loss" in body and "sample_grid.png" in body
     summary = json.loads((output_dir / "training_summary.json").read_text())
     assert summary["digits_fd"] > 0 and 0 <= summary["digits_precision"] <= 1 and "| digits_fd |" in body
