@@ -63,7 +63,7 @@ class FlowLossConfig:
 # sigma. The saved scheduler follows the model's own flow (the likelihood term in full) and caps that term at 1 nat at
 # the last evaluation only, the one the bits are read from (`BinaryFlowMatchScheduler(final_likelihood_cap=...)`),
 # so that the network can veto the isolated pixels a sampler leaves behind. Against a cap of 2 nats at every step
-# (the default before) it is the better sampler at 4 steps and level from 8 to 64, and its FD falls with the steps.
+# (the default before) it is the better sampler at 4 and 64 steps and level in between; its FD falls with the steps.
 IMAGE_RECIPE = FlowLossConfig(prediction_type="likelihood_residual", loss_type="bce")
 IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP = 1.0
 # What the sequence script trains by default, chosen on a+b=c (BENCHMARKS.md, "Issue 14"): per-bit logits with the
