@@ -69,13 +69,16 @@ def is_our_model_card(readme: Path) -> bool:
 def likelihood_caps(pipeline) -> dict:
     """The caps an image pipeline's scheduler puts on a likelihood-residual output's likelihood term, for its card:
     ``sampling_likelihood_cap`` (every step) and ``sampling_final_likelihood_cap`` (the last one), each None unless
-    it binds (below `MAX_LIKELIHOOD_LOGIT`); the card then says how to read the likelihood in full."""
+    it binds (below `MAX_LIKELIHOOD_LOGIT`; the last one only where it differs from the every-step one), both read as the
+    pipeline reads them (`BinaryFlowPipeline.readout`); the card then says how to read the likelihood in full."""
     prediction_type, _, cap = pipeline.readout()
-    final_cap = pipeline.scheduler.config.get("final_likelihood_cap")
-    residual = prediction_type == "likelihood_residual"
-    return {"sampling_likelihood_cap": cap if residual and cap < MAX_LIKELIHOOD_LOGIT else None,
-            "sampling_final_likelihood_cap": final_cap if residual and final_cap is not None
-            and final_cap < MAX_LIKELIHOOD_LOGIT else None}
+    final_cap = pipeline.readout(final=True)[2]
+
+    def binding(value):
+        return value if prediction_type == "likelihood_residual" and value < MAX_LIKELIHOOD_LOGIT else None
+
+    return {"sampling_likelihood_cap": binding(cap),
+            "sampling_final_likelihood_cap": binding(final_cap) if final_cap != cap else None}
 
 
 def sequence_sampler(pipeline) -> dict:

@@ -543,22 +543,22 @@ def test_a_likelihood_residual_denoiser_with_a_zero_residual_samples_independent
     assert pipe(batch_size=16, num_inference_steps=8, generator=seeded(), output_type="pt").images.sum() == 0
 
 
+@pytest.mark.parametrize("solver", ["euler", "heun"])
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
 def test_the_last_evaluation_is_read_under_the_final_likelihood_cap_by_the_bits_the_probs_and_guidance(
-        guidance_scale):
+        guidance_scale, solver):
     """With `final_likelihood_cap`, the evaluation whose step lands on sigma = 0 is read under that cap by the bits,
-    the `"probs"` output and both guidance branches alike. Oracle: the last step alone, from the state before it, by
-    a scheduler with that cap at every step."""
-    pipe = conditional_pipeline(prediction_type="likelihood_residual", final_likelihood_cap=0.5)
+    the `"probs"` output and both guidance branches alike, with Euler and with Heun (whose grid repeats each interior
+    sigma). Oracle: the last step alone, from the state before it, by a scheduler with that cap at every step."""
+    pipe = conditional_pipeline(prediction_type="likelihood_residual", final_likelihood_cap=0.5, solver=solver)
     with torch.no_grad():
         pipe.unet.conv_out.weight.mul_(20.0)  # residuals of several nats, against the likelihood's ~24 at sigma 0.25
     steps, labels = 4, [0, 2]
     kwargs = dict(batch_size=2, class_labels=labels, guidance_scale=guidance_scale, num_inference_steps=steps)
-    before_last = {}
+    states = []  # the state after each evaluation: [-2] is the one the last evaluation starts from
 
     def keep_state(pipeline, i, t, tensors):
-        if i == steps - 2:
-            before_last["latents"] = tensors["latents"].clone()
+        states.append(tensors["latents"].clone())
         return tensors
 
     probs = pipe(**kwargs, generator=seeded(), output_type="probs", callback_on_step_end=keep_state).images
@@ -570,7 +570,7 @@ def test_the_last_evaluation_is_read_under_the_final_likelihood_cap_by_the_bits_
     capped_throughout = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, likelihood_cap=0.5)
     alone = BinaryFlowPipeline(unet=pipe.unet, scheduler=capped_throughout, null_class_label=3)
     expected = alone(batch_size=2, class_labels=labels, guidance_scale=guidance_scale, sigmas=[grid.sigmas[-2].item()],
-                     latents=before_last["latents"], output_type="probs").images
+                     latents=states[-2], output_type="probs").images
     torch.testing.assert_close(probs, expected)
 
     pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, final_likelihood_cap=None)
