@@ -44,7 +44,8 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     # A smaller cap at the last evaluation only, the one the bits are read from (`final_likelihood_cap`).
     "likelihood cap 2, final cap 1": {"likelihood_cap": 2.0, "final_likelihood_cap": 1.0},
     "likelihood in full, final cap 1": {"final_likelihood_cap": 1.0},
-    "Heun, likelihood in full, final cap 1": {"solver": "heun", "final_likelihood_cap": 1.0},
+    **{f"Heun, likelihood in full, final cap {cap:g}": {"solver": "heun", "final_likelihood_cap": float(cap)}
+       for cap in (1, 2)},
 }
 DATA_END_SIGMAS = (0.05, 0.1, 0.2)
 DATA_END_DIGITS = 2000  # held-out digits noised for the data-end bit error
