@@ -1,9 +1,10 @@
 """What the three training scripts share around their flat loops: the options a diffusers example user types and
 their validation, the run's start (Accelerator, trackers, refusal of bad resumptions, nothing written before every
-check has passed), the LR schedule, the data order by epoch, the divergence guard, the EMA weights of a pipeline
-and publishing."""
+check has passed), the LR schedule, the data order by epoch, the divergence guard, the EMA weights of a pipeline,
+publishing and the run's end."""
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -471,3 +472,17 @@ def push_or_exit(run: Run, pipeline_class: type, token: str | None):
                      "and leave out --token).")
         raise SystemExit(1) from error
     print(f"Pushed to {commit.commit_url}")
+
+
+def end_training(accelerator: Accelerator):
+    """`accelerator.end_training()` (trackers, then the process group) after the prepared models are released. The
+    caller drops its own references to them first (``model = None``).
+
+    Why the order: the C++ reducer of a DDP-wrapped model holds the process group and is freed holding the GIL. When
+    it drops the group's last reference, gloo's destructor joins worker threads that may be waiting for the GIL to
+    free a finished collective's tensors: the process hangs after saving everything, or aborts at interpreter exit
+    ("terminate called without an active exception"). Freed while the group is still registered, the reducer
+    leaves the last reference to `destroy_process_group`, which drops it without the GIL."""
+    accelerator.free_memory()
+    gc.collect()  # a wrapper caught in a reference cycle goes now, not at exit
+    accelerator.end_training()

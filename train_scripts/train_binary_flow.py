@@ -52,6 +52,7 @@ from diffusers_binflow.training_runs import (
     add_sampler_arguments,
     build_pipeline,
     check_arguments,
+    end_training,
     micro_batch_generator,
     noise_scheduler_from_args,
     prepare_epochs,
@@ -286,7 +287,8 @@ def main(args):
         accelerator.print(f"Saved the pipeline and {grid_path} in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowPipeline, args.hub_token)
-    accelerator.end_training()
+    unet = None  # the prepared (DDP) model goes before the process group: see end_training
+    end_training(accelerator)
 
 
 def log_step(accelerator, diagnostics, global_step, epoch, grad_norm, lr_scheduler, start) -> dict:

@@ -49,6 +49,7 @@ from diffusers_binflow.training_runs import (
     build_optimizer,
     build_pipeline,
     check_arguments,
+    end_training,
     micro_batch_generator,
     noise_scheduler_from_args,
     prepare_model,
@@ -259,7 +260,8 @@ def main(args):
         accelerator.print(f"Saved the pipeline and its model card in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowMIMOPipeline, args.hub_token)
-    accelerator.end_training()
+    model = None  # the prepared (DDP) model goes before the process group: see end_training
+    end_training(accelerator)
 
 
 def ber_table_for_card(pipeline: BinaryFlowMIMOPipeline, args):

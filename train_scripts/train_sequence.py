@@ -62,6 +62,7 @@ from diffusers_binflow.training_runs import (
     add_sampler_arguments,
     build_pipeline,
     check_arguments,
+    end_training,
     micro_batch_generator,
     noise_scheduler_from_args,
     prepare_epochs,
@@ -321,7 +322,8 @@ def main(args):
         accelerator.print(f"Saved the pipeline and samples.txt in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowSequencePipeline, args.hub_token)
-    accelerator.end_training()
+    denoiser = None  # the prepared (DDP) model goes before the process group: see end_training
+    end_training(accelerator)
 
 
 def write_samples(pipeline, args, task, train_texts, path: Path) -> dict:

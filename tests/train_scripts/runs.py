@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).resolve().parent / "faults.py"
+TEARDOWN_PROBE = Path(__file__).resolve().parent / "teardown_probe.py"
 TWO_PROCESSES = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                  "--mixed_precision", "no", "--dynamo_backend", "no")
 TINY_UNET = {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
@@ -63,11 +64,13 @@ def small_run_options(script: str, workdir: Path) -> list[str]:
 
 
 def train(script: str, output_dir: Path, *options, processes: int = 1, fault: str | None = None,
-          expect_failure: bool = False) -> subprocess.CompletedProcess:
-    """Run `script` (a name in MODEL_FOLDER) to completion; `fault` is faults.py's ``<fault>:<step>``."""
+          wrapper: Path | None = None, expect_failure: bool = False) -> subprocess.CompletedProcess:
+    """Run `script` (a name in MODEL_FOLDER) to completion; `fault` is faults.py's ``<fault>:<step>``; `wrapper` a
+    script that runs it (such as TEARDOWN_PROBE)."""
     path = ROOT / "train_scripts" / f"{script}.py"
     launcher = (sys.executable, *(TWO_PROCESSES if processes == 2 else ()))
-    target = (str(FAULTS), str(path)) if fault else (str(path),)
+    wrapper = FAULTS if fault else wrapper
+    target = (str(wrapper), str(path)) if wrapper else (str(path),)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({"BINFLOW_FAULT": fault} if fault else {})}
     proc = subprocess.run([*launcher, *target, "--output_dir", str(output_dir), *options], capture_output=True,
                           text=True, timeout=600, env=env)

@@ -12,7 +12,14 @@ import shutil
 import pytest
 import torch
 
-from tests.train_scripts.runs import load_script, log_records, model_weights, small_run_options, train
+from tests.train_scripts.runs import (
+    TEARDOWN_PROBE,
+    load_script,
+    log_records,
+    model_weights,
+    small_run_options,
+    train,
+)
 
 SCRIPTS = ("train_binary_flow", "train_sequence", "train_mimo")
 # 10 optimiser steps, a checkpoint every 3 (and the final one at 10), a log record every step.
@@ -39,7 +46,9 @@ def reference_runs(workdir):
     def get(script, processes):
         if (script, processes) not in cache:
             output_dir = workdir / f"{script}-{processes}-reference"
-            train(script, output_dir, *small_run_options(script, workdir), *RUN, processes=processes)
+            proc = train(script, output_dir, *small_run_options(script, workdir), *RUN, processes=processes,
+                         wrapper=TEARDOWN_PROBE if processes == 2 else None)
+            (output_dir / "launcher_stderr.txt").write_text(proc.stderr)  # for the teardown test
             cache[script, processes] = output_dir
         return cache[script, processes]
 
@@ -82,6 +91,15 @@ def test_the_lr_curve_per_optimiser_step_does_not_depend_on_the_number_of_proces
         expected.step()
         steps.append(expected.get_last_lr()[0])
     assert len(curves[0]) == 10 and curves[0] == pytest.approx(steps) and curves[1] == pytest.approx(steps)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_two_process_run_releases_its_ddp_models_before_the_process_group(script, reference_runs):
+    # A reducer left to drop the group's last reference can hang the process at exit, after everything is saved
+    # (`training_runs.end_training`); the hang itself is a race, the state that allows it is not.
+    stderr = (reference_runs(script, 2) / "launcher_stderr.txt").read_text()
+    reports = [line for line in stderr.splitlines() if "DDP models alive at process-group teardown" in line]
+    assert len(reports) == 2 and all(line.endswith(": 0") for line in reports), reports
 
 
 @pytest.mark.parametrize("fault", ["kill_during", "disk_full"])
