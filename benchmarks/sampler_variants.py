@@ -43,9 +43,9 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     "likelihood cap 2, corrector s_churn 8": {"likelihood_cap": 2.0, "s_churn": 8.0, "s_tmin": 0.05, "s_tmax": 0.7},
     # A smaller cap at the last evaluation only, the one the bits are read from (`final_likelihood_cap`).
     "likelihood cap 2, final cap 1": {"likelihood_cap": 2.0, "final_likelihood_cap": 1.0},
-    "likelihood in full, final cap 1": {"final_likelihood_cap": 1.0},
+    **{f"likelihood in full, final cap {cap:g}": {"final_likelihood_cap": float(cap)} for cap in (0.5, 1)},
     **{f"Heun, likelihood in full, final cap {cap:g}": {"solver": "heun", "final_likelihood_cap": float(cap)}
-       for cap in (1, 2)},
+       for cap in (1, 2, 4, 8)},
 }
 DATA_END_SIGMAS = (0.05, 0.1, 0.2)
 DATA_END_DIGITS = 2000  # held-out digits noised for the data-end bit error
