@@ -4,10 +4,12 @@ check has passed), the LR schedule, the data order by epoch, the divergence guar
 publishing and the run's end."""
 
 import argparse
+import atexit
 import gc
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,6 +246,8 @@ def start_run(args, script: str, resume_options: tuple[str, ...], tracker_name: 
         log_with=tracker, project_config=ProjectConfiguration(project_dir=str(output_dir),
                                                               logging_dir=str(logging_dir)),
     )
+    if torch.distributed.is_initialized():
+        atexit.register(destroy_process_group_at_exit)  # for the exits on an error, which skip end_training
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     options = run_options(args, resume_options)
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
@@ -482,7 +486,23 @@ def end_training(accelerator: Accelerator):
     it drops the group's last reference, gloo's destructor joins worker threads that may be waiting for the GIL to
     free a finished collective's tensors: the process hangs after saving everything, or aborts at interpreter exit
     ("terminate called without an active exception"). Freed while the group is still registered, the reducer
-    leaves the last reference to `destroy_process_group`, which drops it without the GIL."""
+    leaves the last reference to `destroy_process_group`, which drops it without the GIL. A run that ends on an
+    error skips this: `destroy_process_group_at_exit` is its end."""
     accelerator.free_memory()
     gc.collect()  # a wrapper caught in a reference cycle goes now, not at exit
     accelerator.end_training()
+
+
+def destroy_process_group_at_exit():
+    """The end of a run that stopped on an error (divergence, a failed upload, an exception), registered with
+    `atexit` by `start_run`: by then the failed frames and their DDP models are freed, the group still registered,
+    so destroying it now is `end_training`'s safe order, while the interpreter is whole (during its teardown,
+    gloo's threads that wait for the GIL abort the process). The traceback that Python keeps of an uncaught
+    exception for post-mortem debugging (`sys.last_*`) would keep those frames alive; the process is exiting, so
+    it is dropped first."""
+    for name in ("last_exc", "last_type", "last_value", "last_traceback"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+    gc.collect()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -4,6 +4,7 @@
     BINFLOW_FAULT=<fault>:<step> accelerate launch tests/train_scripts/faults.py SCRIPT [options...]
 
 `kill_after`: every process SIGKILLs itself once checkpoint-<step> is complete (a machine lost between saves).
+`raise_after`: every process raises an exception there instead (a bug, left uncaught).
 `kill_during`: the process SIGKILLs itself while checkpoint-<step> is being written, after the model files and
 before the optimiser state (a kill or power loss in mid-write). `disk_full`: that same write fails with ENOSPC.
 """
@@ -26,6 +27,8 @@ save_checkpoint, save_state_file = training_runs.save_checkpoint, accelerate.che
 def save_checkpoint_then_die(accelerator, model, output_dir, global_step, *args, **kwargs):
     save_checkpoint(accelerator, model, output_dir, global_step, *args, **kwargs)
     if f"checkpoint-{global_step}" == target:
+        if fault == "raise_after":
+            raise RuntimeError(f"fault injected after {target}")
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -37,7 +40,7 @@ def fail_while_writing(obj, path, *args, **kwargs):
     return save_state_file(obj, path, *args, **kwargs)
 
 
-if fault == "kill_after":
+if fault in ("kill_after", "raise_after"):
     training_runs.save_checkpoint = save_checkpoint_then_die
 else:
     accelerate.checkpointing.save = fail_while_writing

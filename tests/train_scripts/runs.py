@@ -69,8 +69,8 @@ def train(script: str, output_dir: Path, *options, processes: int = 1, fault: st
     script that runs it (such as TEARDOWN_PROBE)."""
     path = ROOT / "train_scripts" / f"{script}.py"
     launcher = (sys.executable, *(TWO_PROCESSES if processes == 2 else ()))
-    wrapper = FAULTS if fault else wrapper
-    target = (str(wrapper), str(path)) if wrapper else (str(path),)
+    wrappers = [w for w in (wrapper, FAULTS if fault else None) if w is not None]  # the probe runs faults.py
+    target = (*map(str, wrappers), str(path))
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({"BINFLOW_FAULT": fault} if fault else {})}
     proc = subprocess.run([*launcher, *target, "--output_dir", str(output_dir), *options], capture_output=True,
                           text=True, timeout=600, env=env)

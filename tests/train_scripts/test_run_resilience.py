@@ -93,13 +93,33 @@ def test_the_lr_curve_per_optimiser_step_does_not_depend_on_the_number_of_proces
     assert len(curves[0]) == 10 and curves[0] == pytest.approx(steps) and curves[1] == pytest.approx(steps)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_a_two_process_run_releases_its_ddp_models_before_the_process_group(script, reference_runs):
-    # A reducer left to drop the group's last reference can hang the process at exit, after everything is saved
-    # (`training_runs.end_training`); the hang itself is a race, the state that allows it is not.
-    stderr = (reference_runs(script, 2) / "launcher_stderr.txt").read_text()
+def assert_released_before_teardown(stderr: str):
+    """On both processes the probe saw no DDP model alive when the process group was destroyed. A reducer left to
+    drop the group's last reference can hang the process at exit (`training_runs.end_training`); the hang itself is
+    a race, the state that allows it is not."""
     reports = [line for line in stderr.splitlines() if "DDP models alive at process-group teardown" in line]
     assert len(reports) == 2 and all(line.endswith(": 0") for line in reports), reports
+    assert "terminate called" not in stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_two_process_run_releases_its_ddp_models_before_the_process_group(script, reference_runs):
+    assert_released_before_teardown((reference_runs(script, 2) / "launcher_stderr.txt").read_text())
+
+
+@pytest.mark.parametrize("ending", ["diverges", "raises"])
+def test_a_two_process_run_that_ends_on_an_error_releases_them_too(ending, workdir, tmp_path):
+    script = "train_binary_flow"
+    if ending == "diverges":  # SystemExit(1) with the reason, from inside the loop
+        proc = train(script, tmp_path / "run", *small_run_options(script, workdir), "--max_train_steps", "40",
+                     "--learning_rate", "1e6", "--max_grad_norm", "1e30", "--lr_scheduler", "constant",
+                     processes=2, wrapper=TEARDOWN_PROBE, expect_failure=True)
+        assert "Training diverged at optimiser step" in proc.stderr
+    else:  # an uncaught exception, whose traceback Python keeps at exit
+        proc = train(script, tmp_path / "run", *small_run_options(script, workdir), *RUN, processes=2,
+                     wrapper=TEARDOWN_PROBE, fault="raise_after:3", expect_failure=True)
+        assert "RuntimeError: fault injected after checkpoint-3" in proc.stderr
+    assert_released_before_teardown(proc.stderr)
 
 
 @pytest.mark.parametrize("fault", ["kill_during", "disk_full"])
