@@ -107,18 +107,28 @@ def test_a_two_process_run_releases_its_ddp_models_before_the_process_group(scri
     assert_released_before_teardown((reference_runs(script, 2) / "launcher_stderr.txt").read_text())
 
 
-@pytest.mark.parametrize("ending", ["diverges", "raises"])
-def test_a_two_process_run_that_ends_on_an_error_releases_them_too(ending, workdir, tmp_path):
+@pytest.mark.parametrize("ending", ["diverges", "raises", "upload fails"])
+def test_a_two_process_run_that_ends_on_an_error_releases_them_too(ending, workdir, tmp_path, session_hub):
     script = "train_binary_flow"
     if ending == "diverges":  # SystemExit(1) with the reason, from inside the loop
         proc = train(script, tmp_path / "run", *small_run_options(script, workdir), "--max_train_steps", "40",
                      "--learning_rate", "1e6", "--max_grad_norm", "1e30", "--lr_scheduler", "constant",
                      processes=2, wrapper=TEARDOWN_PROBE, expect_failure=True)
         assert "Training diverged at optimiser step" in proc.stderr
-    else:  # an uncaught exception, whose traceback Python keeps at exit
+    elif ending == "raises":  # an uncaught exception, whose traceback Python keeps at exit
         proc = train(script, tmp_path / "run", *small_run_options(script, workdir), *RUN, processes=2,
                      wrapper=TEARDOWN_PROBE, fault="raise_after:3", expect_failure=True)
         assert "RuntimeError: fault injected after checkpoint-3" in proc.stderr
+    else:  # SystemExit(1) on the main process only, after everything is saved; the other one ends normally
+        session_hub.fail_next_commits = 1
+        try:
+            proc = train(script, tmp_path / "run", *small_run_options(script, workdir), *RUN, "--push_to_hub",
+                         "--hub_model_id", "tester/fails-on-two-processes", processes=2, wrapper=TEARDOWN_PROBE,
+                         expect_failure=True)
+        finally:
+            session_hub.fail_next_commits = 0
+        assert "retry with: python -m diffusers_binflow push" in proc.stderr
+        assert (tmp_path / "run" / "model_index.json").is_file()
     assert_released_before_teardown(proc.stderr)
 
 
