@@ -218,7 +218,7 @@ def _generate(run: Run, n: int, nfe: int, seed: int) -> torch.Tensor:
     if method.sampler in ("binary_flow", "flow_match_euler"):
         pipeline = (flow_pipeline(run, FlowMatchEulerDiscreteScheduler()) if method.sampler == "flow_match_euler" else
                     flow_pipeline(run, solver=method.solver))
-        return pipeline(batch_size=n, num_inference_steps=steps_for(method.solver, nfe), output_type="pt",
+        return pipeline(batch_size=n, num_inference_steps=steps_for(nfe, solver=method.solver), output_type="pt",
                         generator=torch.Generator().manual_seed(seed)).images
     return sample_peer(method.family, model, (1, 28, 28), n, nfe, seed)
 
@@ -237,6 +237,14 @@ def flow_pipeline(run: Run, scheduler=None, **scheduler_options) -> BinaryFlowPi
     return pipeline
 
 
-def steps_for(solver: str, nfe: int) -> int:
-    """Solver steps whose network evaluations fit in `nfe`: Heun's N steps take 2N - 1."""
-    return (nfe + 1) // 2 if solver == "heun" else nfe
+def model_evaluations(steps: int, **scheduler_options) -> int:
+    """Network evaluations of `steps` steps of a `BinaryFlowMatchScheduler` with `scheduler_options` (Heun's N steps
+    take 2N - 1, a Heun first step one more than Euler's N), counted on the scheduler's own grid."""
+    scheduler = BinaryFlowMatchScheduler(**scheduler_options)
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps)
+
+
+def steps_for(nfe: int, **scheduler_options) -> int:
+    """The most steps whose network evaluations fit in `nfe`."""
+    return max(n for n in range(1, nfe + 1) if model_evaluations(n, **scheduler_options) <= nfe)

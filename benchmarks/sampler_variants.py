@@ -9,9 +9,10 @@ Loads (or trains) the runs of each of `--methods` that the digit benchmarks cach
 steps and batch; one run per seed), then draws `--num_samples` digits with `BinaryFlowPipeline` under each
 `BinaryFlowMatchScheduler` setting in `VARIANTS` and scores them like `peers_digits.py` (FD in our classifier's
 feature space, precision, recall, the speckle rate; the same generator seed for every variant of a run). NFE counts
-network evaluations: Heun with N steps takes 2N - 1, so it runs with the largest N that fits the budget. Each run's
-data-end bit error (`diagnostics.data_end_bit_errors`: the share of wrong-sign bits of x_hat on held-out digits
-noised to sigma 0.05 / 0.1 / 0.2, next to sign(x_sigma)'s) shows what the recipe does at the data end. Reports mean
+network evaluations (Heun's N steps take 2N - 1, a Heun first step one call more than Euler's N): each variant
+runs with the largest N that fits the budget. Each run's data-end bit error (`diagnostics.data_end_bit_errors`: the
+share of wrong-sign bits of x_hat on held-out digits noised to sigma 0.05 / 0.1 / 0.2, next to sign(x_sigma)'s)
+shows what the recipe does at the data end. Reports mean
 +- std over the seeds; a seed whose sampling the scheduler refuses (a non-finite estimate) has no scores and is
 counted as failed. Writes sampler_variants.json and .md.
 """
@@ -27,7 +28,7 @@ from diffusers_binflow.flow import MAX_LIKELIHOOD_LOGIT
 from diffusers_binflow.metrics import DigitMetrics
 from diffusers_binflow.metrics.digits import digit_bits
 
-from .digit_runs import METHODS, flow_pipeline, steps_for, train
+from .digit_runs import METHODS, flow_pipeline, model_evaluations, steps_for, train
 from .reporting import command_line, failed_note, fmt, machine, mean_std, sample_or_failure, write_results
 
 VARIANTS = {  # name -> BinaryFlowMatchScheduler options
@@ -44,8 +45,13 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
     # A smaller cap at the last evaluation only, the one the bits are read from (`final_likelihood_cap`).
     "likelihood cap 2, final cap 1": {"likelihood_cap": 2.0, "final_likelihood_cap": 1.0},
     **{f"likelihood in full, final cap {cap:g}": {"final_likelihood_cap": float(cap)} for cap in (0.5, 1)},
+    # The saved image sampler on a shifted grid (< 1 puts more steps near the data, > 1 near the noise).
+    **{f"likelihood in full, final cap 1, shift {shift:g}": {"final_likelihood_cap": 1.0, "shift": float(shift)}
+       for shift in (0.5, 2)},
     **{f"Heun, likelihood in full, final cap {cap:g}": {"solver": "heun", "final_likelihood_cap": float(cap)}
        for cap in (1, 2, 4, 8)},
+    # The saved image sampler with its first step, out of pure noise, taken with Heun's method (one call more).
+    "likelihood in full, final cap 1, Heun first step": {"final_likelihood_cap": 1.0, "heun_first_step": True},
 }
 DATA_END_SIGMAS = (0.05, 0.1, 0.2)
 DATA_END_DIGITS = 2000  # held-out digits noised for the data-end bit error
@@ -66,7 +72,7 @@ def sample_rows(method, runs, args, metrics) -> list[dict]:
     for name in args.variants:
         options = VARIANTS[name]
         for nfe in args.nfes:
-            steps = steps_for(options.get("solver", "euler"), nfe)
+            steps = steps_for(nfe, **options)
             per_seed = []
             for run in runs:
                 pipeline = flow_pipeline(run, **options)
@@ -79,7 +85,7 @@ def sample_rows(method, runs, args, metrics) -> list[dict]:
                     print(f"{method.key} | {name}, {steps} steps, seed {run.seed}: FD {scores['fd']:.2f}, speckle "
                           f"{scores['speckle_rate']:.5f}", flush=True)
             rows.append({"method": method.key, "variant": name, "options": options, "nfe_budget": nfe,
-                         "steps": steps, "nfe": 2 * steps - 1 if options.get("solver") == "heun" else steps,
+                         "steps": steps, "nfe": model_evaluations(steps, **options),
                          "per_seed": per_seed, "failed_seeds": sum(r["failed"] is not None for r in per_seed),
                          **{k: mean_std([r[k] for r in per_seed]) for k in SCORES}})
     return rows

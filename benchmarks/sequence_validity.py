@@ -248,7 +248,7 @@ def generate(method: dict, model, tokenizer, n: int, length: int, nfe: int, gene
     pipe = BinaryFlowSequencePipeline(denoiser=model, scheduler=scheduler, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     conditioning = {} if known is None else {"input_ids": known, "infill_mask": to_generate.long()}
-    return pipe(batch_size=n, sequence_length=length, num_inference_steps=steps_for(solver, nfe),
+    return pipe(batch_size=n, sequence_length=length, num_inference_steps=steps_for(nfe, solver=solver),
                 generator=generator, **conditioning).sequences
 
 

@@ -147,7 +147,7 @@ def sample_bits(recipe: str, model, n: int, seed: int, nfe: int, solver: str, ch
     if recipe in PEERS:
         return sample_peer(PEERS[recipe], model, (DIM,), n, nfe, seed)
     prediction_type = "sample" if recipe == ORACLE else RECIPES[recipe].prediction_type
-    signal = generate(model, prediction_type, "bpsk", n, seed=seed, dim=DIM, steps=steps_for(solver, nfe),
+    signal = generate(model, prediction_type, "bpsk", n, seed=seed, dim=DIM, steps=steps_for(nfe, solver=solver),
                       solver=solver, **corrector(churn))
     return (signal > 0).float()
 

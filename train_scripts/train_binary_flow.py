@@ -3,9 +3,10 @@
     python train_scripts/train_binary_flow.py --output_dir digits-model                      # bundled digits
     accelerate launch --multi_gpu --num_processes 2 train_scripts/train_binary_flow.py --output_dir out  # 2 processes
 
-The recipe defaults are the library's (`FlowLossConfig`, chosen by measurement): x-prediction, x-space MSE,
-logit(sigma) ~ N(0.8, 0.8) (sigma = 1 is noise; the paper's t = 1 - sigma). `--timestep_sampling uniform` gives
-the paper's plain recipe. The result is a `BinaryFlowPipeline` saved in --output_dir.
+The defaults are the image default, chosen by measurement (`training.IMAGE_RECIPE`; BENCHMARKS.md): a
+likelihood-residual output trained with cross-entropy under logit(sigma) ~ N(0.8, 0.8) (sigma = 1 is noise; the
+paper's t = 1 - sigma), saved with an Euler scheduler that reads the bits under a 1-nat cap on the likelihood term.
+The result is a `BinaryFlowPipeline` saved in --output_dir.
 """
 
 import argparse
@@ -35,7 +36,7 @@ from diffusers_binflow.data import (
 from diffusers_binflow.diagnostics import output_gradient_norms, per_sigma_bin_stats
 from diffusers_binflow.flow import LOGIT_PREDICTION_TYPES
 from diffusers_binflow.metrics import MIN_FD_SAMPLES, DigitMetrics
-from diffusers_binflow.model_cards import likelihood_caps, render_model_card, settings_of
+from diffusers_binflow.model_cards import image_sampler, render_model_card, settings_of
 from diffusers_binflow.models import build_unet
 from diffusers_binflow.training import (
     IMAGE_RECIPE,
@@ -73,9 +74,9 @@ RESUME_OPTIONS = ("model_config", "resolution", *RECIPE_OPTIONS, "class_conditio
 CARD_SETTINGS = ("model_config", "prediction_type", "loss_space", "loss_type", "timestep_sampling", "logit_mean",
                  "logit_std", "uniform_fraction", "likelihood_cap", "v_clamp", "weighting_max", "bit_scale",
                  "self_conditioning", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
-                 "lr_scheduler", "use_ema", "ema_max_decay", "mixed_precision", "seed", "solver", "s_churn",
-                 "sampling_shift", "sampling_likelihood_cap", "sampling_final_likelihood_cap", "num_inference_steps",
-                 "binarize_threshold", "stochastic_binarization", "resolution")
+                 "lr_scheduler", "use_ema", "ema_max_decay", "mixed_precision", "seed", "solver", "heun_first_step",
+                 "s_churn", "sampling_shift", "sampling_likelihood_cap", "sampling_final_likelihood_cap",
+                 "num_inference_steps", "binarize_threshold", "stochastic_binarization", "resolution")
 
 
 def parse_args(argv=None):
@@ -283,7 +284,7 @@ def main(args):
             metrics=summary, channels=channels, resolution=height, num_classes=num_classes,
             null_class_label=null_class, self_conditioning=args.self_conditioning, guidance_scale=args.guidance_scale,
             num_inference_steps=args.num_inference_steps, grid_file=grid_path.name,
-            **likelihood_caps(pipeline)))
+            **image_sampler(pipeline)))
         accelerator.print(f"Saved the pipeline and {grid_path} in {output_dir}")
         if args.push_to_hub:
             push_or_exit(run, BinaryFlowPipeline, args.hub_token)

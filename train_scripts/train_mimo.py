@@ -70,8 +70,9 @@ CARD_SETTINGS = ("num_tx", "num_rx", "modulation", "snr_db_min", "snr_db_max", "
                  "csi_aware", "hidden_size", "num_layers", "num_heads", "ep_iterations", "multilevel_cavities",
                  "prediction_type", "loss_space", "loss_type", "timestep_sampling", "uniform_fraction",
                  "likelihood_cap", "v_clamp", "weighting_max", "self_conditioning", "train_batch_size",
-                 "max_train_steps", "learning_rate", "lr_scheduler", "use_ema", "seed", "solver", "s_churn",
-                 "sampling_shift", "sampling_likelihood_cap", "sampling_final_likelihood_cap", "num_inference_steps")
+                 "max_train_steps", "learning_rate", "lr_scheduler", "use_ema", "seed", "solver", "heun_first_step",
+                 "s_churn", "sampling_shift", "sampling_likelihood_cap", "sampling_final_likelihood_cap",
+                 "num_inference_steps")
 # Exhaustive ML is the reference up to this many bits per channel use; K-best beyond.
 ML_MAX_BITS = 16
 

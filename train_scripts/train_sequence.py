@@ -83,9 +83,9 @@ RESUME_OPTIONS = ("model_config", "backbone_type", "bit_code", "known_probabilit
 CARD_SETTINGS = ("task", "train_file", "tokenizer_type", "model_config", "backbone_type", "bit_code",
                  "known_probability", "known_span_fraction", "max_length", "prediction_type", "loss_space",
                  "loss_type", "timestep_sampling", "logit_mean", "logit_std", "uniform_fraction", "likelihood_cap",
-                 "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema", "seed",
-                 "solver", "s_churn", "sampling_shift", "sampling_likelihood_cap", "sampling_final_likelihood_cap",
-                 "num_inference_steps")
+                 "bit_scale", "self_conditioning", "train_batch_size", "learning_rate", "use_ema", "seed", "solver",
+                 "heun_first_step", "s_churn", "sampling_shift", "sampling_likelihood_cap",
+                 "sampling_final_likelihood_cap", "num_inference_steps")
 
 
 def parse_args(argv=None):

@@ -66,11 +66,12 @@ def is_our_model_card(readme: Path) -> bool:
     return Path(readme).is_file() and "diffusers_binflow" in (ModelCard.load(readme).data.tags or [])
 
 
-def likelihood_caps(pipeline) -> dict:
-    """The caps an image pipeline's scheduler puts on a likelihood-residual output's likelihood term, for its card:
-    ``sampling_likelihood_cap`` (every step) and ``sampling_final_likelihood_cap`` (the last one), each None unless
-    it binds (below `MAX_LIKELIHOOD_LOGIT`; the last one only where it differs from the every-step one), both read as the
-    pipeline reads them (`BinaryFlowPipeline.readout`); the card then says how to read the likelihood in full."""
+def image_sampler(pipeline) -> dict:
+    """What an image pipeline's scheduler samples with, for its card: ``heun_first_step``, and the caps it puts on a
+    likelihood-residual output's likelihood term, ``sampling_likelihood_cap`` (every step) and
+    ``sampling_final_likelihood_cap`` (the last one), each None unless it binds (below `MAX_LIKELIHOOD_LOGIT`; the last
+    one only where it differs from the every-step one), both read as the pipeline reads them
+    (`BinaryFlowPipeline.readout`); the card then says how to read the likelihood in full."""
     prediction_type, _, cap = pipeline.readout()
     final_cap = pipeline.readout(final=True)[2]
 
@@ -78,7 +79,8 @@ def likelihood_caps(pipeline) -> dict:
         return value if prediction_type == "likelihood_residual" and value < MAX_LIKELIHOOD_LOGIT else None
 
     return {"sampling_likelihood_cap": binding(cap),
-            "sampling_final_likelihood_cap": binding(final_cap) if final_cap != cap else None}
+            "sampling_final_likelihood_cap": binding(final_cap) if final_cap != cap else None,
+            "heun_first_step": bool(pipeline.scheduler.config.get("heun_first_step", False))}
 
 
 def sequence_sampler(pipeline) -> dict:
@@ -101,7 +103,7 @@ def pipeline_model_card(pipeline, repo_id: str) -> str:
                                  num_classes=null_class if null_class is not None else pipeline.num_class_embeds,
                                  null_class_label=null_class, self_conditioning=pipeline.self_conditioning,
                                  guidance_scale=2.0, num_inference_steps=16, grid_file=None,
-                                 **likelihood_caps(pipeline))
+                                 **image_sampler(pipeline))
     if name == "BinaryFlowSequencePipeline":
         return render_model_card(name, repo_id=repo_id, tags=["discrete-diffusion"], num_inference_steps=16,
                                  self_conditioning=pipeline.self_conditioning, **sequence_sampler(pipeline))

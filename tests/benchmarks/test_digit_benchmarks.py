@@ -56,10 +56,21 @@ def test_the_benchmarks_image_default_trains_and_samples_as_the_image_script_sav
     method = METHODS[digit_runs.IMAGE_DEFAULT]
     assert DEFAULT_OURS == (digit_runs.IMAGE_DEFAULT,) and method.loss_config() == FlowLossConfig.from_args(args)
     run = digit_runs.Run(method, 0, digit_runs.build_body(), {})
-    sampler = digit_runs.flow_pipeline(run, solver=method.solver).scheduler.config
+    sampler = digit_runs.flow_pipeline(run, solver=method.solver)
     saved = noise_scheduler_from_args(args).config
-    keys = ("prediction_type", "solver", "likelihood_cap", "final_likelihood_cap", "s_churn", "shift")
-    assert {k: sampler[k] for k in keys} == {k: saved[k] for k in keys}
+    keys = ("prediction_type", "solver", "heun_first_step", "likelihood_cap", "final_likelihood_cap", "s_churn",
+            "shift")
+    assert {k: sampler.scheduler.config[k] for k in keys} == {k: saved[k] for k in keys}
+
+
+@pytest.mark.parametrize("options, steps, calls", [({}, [4, 8, 16], [4, 8, 16]),
+                                                   ({"solver": "heun"}, [2, 4, 8], [3, 7, 15]),
+                                                   ({"heun_first_step": True}, [3, 7, 15], [4, 8, 16])])
+def test_each_sampler_runs_the_most_steps_whose_model_calls_fit_in_the_budget(options, steps, calls):
+    """NFE 4 / 8 / 16: Euler's N steps make N calls, Heun's 2N - 1, a Heun first step N + 1; one step always fits."""
+    assert [digit_runs.steps_for(nfe, **options) for nfe in (4, 8, 16)] == steps
+    assert [digit_runs.model_evaluations(n, **options) for n in steps] == calls
+    assert digit_runs.steps_for(1, **options) == 1 and digit_runs.model_evaluations(1, **options) == 1
 
 
 def test_methods_that_differ_only_in_the_sampler_share_a_training_run(tmp_path):

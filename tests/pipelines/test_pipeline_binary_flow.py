@@ -578,9 +578,10 @@ def test_the_last_evaluation_is_read_under_the_final_likelihood_cap_by_the_bits_
     assert ((in_full > 0.5) != (probs > 0.5)).any()  # the cap decides bits here, so the test can tell the readings
 
 
-def test_a_card_names_the_likelihood_caps_its_scheduler_samples_with():
+def test_a_card_names_the_likelihood_caps_and_the_first_step_its_scheduler_samples_with():
     """`push_to_hub`'s card reads the scheduler: no cap, a cap on every step (with or without a smaller one at the
-    last step), or only the last step's; each card names how to read the likelihood in full."""
+    last step), or only the last step's; each card names how to read the likelihood in full. A Heun first step is
+    named with the way back to plain Euler steps."""
     from diffusers_binflow.model_cards import pipeline_model_card
 
     pipe = tiny_pipeline(prediction_type="likelihood_residual")
@@ -596,3 +597,6 @@ def test_a_card_names_the_likelihood_caps_its_scheduler_samples_with():
     assert "capped at 2.0 nats, so that" in card(likelihood_cap=2.0, final_likelihood_cap=None)
     assert "capped at 1.0 nats at the last step, which the bits are read from" in card(likelihood_cap=50.0,
                                                                                        final_likelihood_cap=1.0)
+    assert "Heun's method" not in both  # and the first step, when the scheduler takes it with Heun:
+    assert "first step, out of pure noise, with Heun's method: N steps make N + 1 model calls" in card(
+        heun_first_step=True)

@@ -59,6 +59,36 @@ def test_heun_grid_evaluates_interior_sigmas_twice():
     assert scheduler.sigmas[-1] == 0 and len(scheduler.sigmas) == len(scheduler.timesteps) + 1
 
 
+@pytest.mark.parametrize("steps, timesteps", [(3, [1000.0, 2000 / 3, 2000 / 3, 1000 / 3]), (2, [1000.0, 500.0, 500.0]),
+                                              (1, [1000.0])])
+def test_heun_first_step_evaluates_only_the_first_landing_twice(steps, timesteps):
+    scheduler = BinaryFlowMatchScheduler(heun_first_step=True)
+    scheduler.set_timesteps(steps)
+    assert scheduler.num_inference_steps == steps and scheduler.order == 1
+    assert scheduler.timesteps.tolist() == pytest.approx(timesteps)  # N + 1 model calls; one for the final step alone
+
+
+def test_heun_first_step_is_heuns_step_then_euler_steps():
+    scheduler = BinaryFlowMatchScheduler(prediction_type="velocity", heun_first_step=True, final_step="none")
+    scheduler.set_timesteps(4)
+    start = dummy_sample(shape=(64,))
+    # By hand: Heun from sigma 1 to 0.75 (the mean of the slopes at the start and at the Euler landing), then Euler.
+    predictor = start - 0.25 * smooth_velocity(start, 1.0)
+    expected = start - 0.25 * (smooth_velocity(start, 1.0) + smooth_velocity(predictor, 0.75)) / 2
+    for sigma in (0.75, 0.5, 0.25):
+        expected = expected - 0.25 * smooth_velocity(expected, sigma)
+    torch.testing.assert_close(run_sampler(scheduler, smooth_velocity, start), expected)
+    euler = BinaryFlowMatchScheduler(prediction_type="velocity", final_step="none")
+    euler.set_timesteps(4)
+    assert not torch.allclose(run_sampler(euler, smooth_velocity, start), expected)  # the first step differs
+    # Under Heun's solver every step is a Heun step already.
+    heun, heun_first = (BinaryFlowMatchScheduler(prediction_type="velocity", solver="heun", heun_first_step=first)
+                        for first in (False, True))
+    for scheduler in (heun, heun_first):
+        scheduler.set_timesteps(4)
+    assert torch.equal(run_sampler(heun_first, smooth_velocity, start), run_sampler(heun, smooth_velocity, start))
+
+
 def test_set_timesteps_moves_the_grid_to_the_device():
     scheduler = BinaryFlowMatchScheduler()
     scheduler.set_timesteps(3, device="cpu")
@@ -342,8 +372,9 @@ def test_the_corrector_keeps_the_prototype_frequencies_of_the_exact_posterior():
 # ------------------------------------------------------------------------------- the diffusers API
 
 
-def test_save_and_load_config_gives_identical_steps(tmp_path):
-    scheduler = BinaryFlowMatchScheduler(prediction_type="logits", bit_scale=0.7, solver="heun", shift=2.0)
+@pytest.mark.parametrize("solver", [{"solver": "heun"}, {"heun_first_step": True}])
+def test_save_and_load_config_gives_identical_steps(solver, tmp_path):
+    scheduler = BinaryFlowMatchScheduler(prediction_type="logits", bit_scale=0.7, shift=2.0, **solver)
     scheduler.save_config(tmp_path)
     loaded = BinaryFlowMatchScheduler.from_pretrained(tmp_path)
     for s in (scheduler, loaded):
@@ -416,6 +447,8 @@ def test_config_attributes_warn_and_missing_attributes_raise():
         ({"shift": float("inf")}, "`shift` must be a finite positive number"),
         ({"num_train_timesteps": 0}, "num_train_timesteps"),
         ({"solver": "heun", "stochastic_sampling": True}, "solver='euler' only"),
+        ({"heun_first_step": True, "stochastic_sampling": True}, "heun_first_step=True is for the deterministic"),
+        ({"heun_first_step": True, "s_churn": 4.0}, "heun_first_step=True is for the deterministic samplers"),
         ({"likelihood_cap": 0.0}, "`likelihood_cap` must be a finite positive number"),
     ],
 )

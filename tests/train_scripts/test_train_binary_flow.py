@@ -100,6 +100,7 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     assert "| sampling_likelihood_cap |" not in body  # none on the other steps
     assert "capped at 1.0 nats at the last step, which the bits are read from" in " ".join(body.split())
     assert "likelihood_cap=50" in body  # how to read the likelihood in full
+    assert "| heun_first_step | False |" in body and "Heun's method" not in body
     assert "final_training_loss" in body and "sample_grid.png" in body
     summary = json.loads((output_dir / "training_summary.json").read_text())
     assert summary["digits_fd"] > 0 and 0 <= summary["digits_precision"] <= 1 and "| digits_fd |" in body
