@@ -144,6 +144,9 @@ def test_progress_bar_reports_the_steps_and_honours_its_config(capsys):
     pipe(num_inference_steps=3)
     assert "5/5" in capsys.readouterr().err  # Heun: 2 model calls per step, 1 on the last
     assert pipe.num_timesteps == 5
+    pipe.scheduler = BinaryFlowMatchScheduler(heun_first_step=True)
+    pipe(num_inference_steps=3)
+    assert "4/4" in capsys.readouterr().err and pipe.num_timesteps == 4  # a Heun first step: one call more
     pipe.set_progress_bar_config(disable=True)
     pipe(num_inference_steps=3)
     assert capsys.readouterr().err == ""
