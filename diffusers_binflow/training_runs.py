@@ -417,10 +417,9 @@ def add_sampler_arguments(group, num_inference_steps: int, sampling_final_likeli
                           s_churn: float = 0.0, sampling_shift: float = 1.0, heun_first_step: bool = False):
     """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
     ``--solver``, ``--heun_first_step`` (default `heun_first_step`), ``--s_churn`` (the stochastic corrector, default
-    `s_churn`), ``--sampling_shift`` (the time grid's
-    shift, default `sampling_shift`), ``--sampling_likelihood_cap`` (default None: the recipe's ``--likelihood_cap``)
-    and ``--sampling_final_likelihood_cap`` (`sampling_final_likelihood_cap`; None: the sampling cap at the last
-    step too)."""
+    `s_churn`), ``--sampling_shift`` (the time grid's shift, default `sampling_shift`), ``--sampling_likelihood_cap``
+    (default None: the recipe's ``--likelihood_cap``) and ``--sampling_final_likelihood_cap``
+    (`sampling_final_likelihood_cap`; None: the sampling cap at the last step too)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
     group.add_argument("--solver", default="euler", choices=["euler", "heun"])
     group.add_argument("--heun_first_step", action=argparse.BooleanOptionalAction, default=heun_first_step,

@@ -128,7 +128,7 @@ class BinaryFlowMIMOPipeline(StepEndCallbackMixin, SelfConditioningMixin, Binflo
             noise_var (`float` or `torch.Tensor` of shape (B,)): N0.
             modulation (`str`, *optional*): Checked against the model's (an error if it differs).
             num_inference_steps (`int`): ODE steps per sample; the model is evaluated this many times per sample
-                (Euler; Heun takes ``2 N - 1``).
+                (Euler; Heun takes ``2 N - 1``, a Heun first step ``N + 1``).
             num_samples (`int`): Posterior samples per channel use.
             aggregation (`str`): How samples combine: `"mean"` averages each sample's P(bit = 1) (read off its last
                 x_hat) and thresholds at 1/2; `"vote"` takes the majority of the samples' bits (ties go to
