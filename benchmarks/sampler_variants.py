@@ -12,9 +12,8 @@ feature space, precision, recall, the speckle rate; the same generator seed for 
 network evaluations (Heun's N steps take 2N - 1, a Heun first step one call more than Euler's N): each variant
 runs with the largest N that fits the budget. Each run's data-end bit error (`diagnostics.data_end_bit_errors`: the
 share of wrong-sign bits of x_hat on held-out digits noised to sigma 0.05 / 0.1 / 0.2, next to sign(x_sigma)'s)
-shows what the recipe does at the data end. Reports mean
-+- std over the seeds; a seed whose sampling the scheduler refuses (a non-finite estimate) has no scores and is
-counted as failed. Writes sampler_variants.json and .md.
+shows what the recipe does at the data end. Reports mean +- std over the seeds; a seed whose sampling the scheduler
+refuses (a non-finite estimate) has no scores and is counted as failed. Writes sampler_variants.json and .md.
 """
 
 import argparse

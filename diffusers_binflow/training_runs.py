@@ -146,9 +146,8 @@ def check_arguments(parser, args, at_least_one=()):
                      f"{parser.get_default('s_churn'):g}) works with --solver euler only: pass --s_churn 0 with "
                      f"--solver {args.solver}.")
     if getattr(args, "s_churn", 0) > 0 and getattr(args, "heun_first_step", False):
-        parser.error(f"--s_churn {args.s_churn:g} (the stochastic corrector) and --heun_first_step (this script's "
-                     f"default: {'on' if parser.get_default('heun_first_step') else 'off'}) do not go together: pass "
-                     "--no-heun_first_step with --s_churn.")
+        parser.error(f"--s_churn {args.s_churn:g} (the stochastic corrector) and --heun_first_step do not go "
+                     "together: pass --no-heun_first_step with --s_churn.")
     if args.loss_type == "bce" and args.prediction_type not in LOGIT_PREDICTION_TYPES:
         parser.error("--loss_type bce is cross-entropy on per-bit logits: it needs --prediction_type logits or "
                      "likelihood_residual.")
@@ -414,18 +413,17 @@ class EpochOrder:
 
 
 def add_sampler_arguments(group, num_inference_steps: int, sampling_final_likelihood_cap: float | None = None,
-                          s_churn: float = 0.0, sampling_shift: float = 1.0, heun_first_step: bool = False):
+                          s_churn: float = 0.0, sampling_shift: float = 1.0):
     """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
-    ``--solver``, ``--heun_first_step`` (default `heun_first_step`), ``--s_churn`` (the stochastic corrector, default
+    ``--solver``, ``--heun_first_step`` (off by default), ``--s_churn`` (the stochastic corrector, default
     `s_churn`), ``--sampling_shift`` (the time grid's shift, default `sampling_shift`), ``--sampling_likelihood_cap``
     (default None: the recipe's ``--likelihood_cap``) and ``--sampling_final_likelihood_cap``
     (`sampling_final_likelihood_cap`; None: the sampling cap at the last step too)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
     group.add_argument("--solver", default="euler", choices=["euler", "heun"])
-    group.add_argument("--heun_first_step", action=argparse.BooleanOptionalAction, default=heun_first_step,
+    group.add_argument("--heun_first_step", action=argparse.BooleanOptionalAction, default=False,
                        help="The saved scheduler takes its first step, out of pure noise, with Heun's method "
-                            "(BinaryFlowMatchScheduler's heun_first_step: one model call more); default "
-                            f"{'on' if heun_first_step else 'off'}.")
+                            "(BinaryFlowMatchScheduler's heun_first_step: one model call more); default off.")
     group.add_argument("--s_churn", type=float, default=s_churn,
                        help=f"The saved scheduler's stochastic corrector (BinaryFlowMatchScheduler's s_churn; Euler "
                             f"only; 0: the deterministic ODE sampler); default {s_churn:g}.")

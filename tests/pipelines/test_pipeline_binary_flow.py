@@ -402,8 +402,11 @@ def test_a_denoiser_whose_input_channels_do_not_fit_the_self_conditioning_is_ref
 # ----------------------------------------------------------------------------------- completion
 
 
-def test_completion_keeps_known_bits_exactly_for_every_output_and_format():
-    pipe = tiny_pipeline(final_step="bernoulli")
+@pytest.mark.parametrize("solver", [{}, {"solver": "heun"}, {"heun_first_step": True}],
+                         ids=["euler", "heun", "heun_first_step"])
+def test_completion_keeps_known_bits_exactly_for_every_output_and_format(solver):
+    """Also with Heun's predictor and corrector, where the known bits are re-imposed between the two calls."""
+    pipe = tiny_pipeline(final_step="bernoulli", **solver)
     image = (torch.rand(2, 1, 8, 8, generator=seeded(9)) < 0.5).float()
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:6, 2:6] = 1
