@@ -15,6 +15,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
+from tqdm.auto import tqdm
 
 from diffusers_binflow.diagnostics import output_gradient_norms
 
@@ -59,7 +60,8 @@ def train_loop(
     ``(loss, sigmas, model_output)``); `observe(step, loss value, that return value)` sees each finite step before
     its backward pass. The learning rate follows `lr_schedule`; gradients are clipped to `max_grad_norm` when given;
     with `ema_decay`, diffusers' `EMAModel` (with warm-up) follows the weights and is copied into the model at the
-    end. A non-finite loss stops training before it updates the model: `Training.diverged` then says so.
+    end. A non-finite loss stops training before it updates the model: `Training.diverged` then says so. A progress
+    bar (on stderr, refreshed at most every 10 s so that a log file stays short) shows the steps and the last loss.
     """
     torch.manual_seed(seed)
     model = build_model()
@@ -71,13 +73,15 @@ def train_loop(
     losses, stopped_at_step = [], None
     model.train()
     start = time.perf_counter()
-    for step in range(steps):
+    progress = tqdm(range(steps), desc="Steps", unit="step", mininterval=10)
+    for step in progress:
         output = loss_fn(model, sample_batch(data_generator), generator)
         loss = output[0] if isinstance(output, tuple) else output
         value = loss.item()
         if not math.isfinite(value):
             stopped_at_step = step
             break
+        progress.set_postfix(loss=f"{value:.4g}", refresh=False)
         if observe is not None:
             observe(step, value, output)
         optimizer.zero_grad()
@@ -90,6 +94,7 @@ def train_loop(
         if ema is not None:
             ema.step(model.parameters())
         losses.append(value)
+    progress.close()
     train_seconds = time.perf_counter() - start
     if ema is not None:
         ema.copy_to(model.parameters())
