@@ -51,6 +51,10 @@ VARIANTS = {  # name -> BinaryFlowMatchScheduler options
        for cap in (1, 2, 4, 8)},
     # The saved image sampler with its first step, out of pure noise, taken with Heun's method (one call more).
     "likelihood in full, final cap 1, Heun first step": {"final_likelihood_cap": 1.0, "heun_first_step": True},
+    # The saved image sampler with the second-order multistep solver (one call per step), also started by Heun.
+    "likelihood in full, final cap 1, multistep": {"final_likelihood_cap": 1.0, "solver": "multistep"},
+    "likelihood in full, final cap 1, multistep, Heun first step": {"final_likelihood_cap": 1.0, "solver": "multistep",
+                                                                   "heun_first_step": True},
 }
 DATA_END_SIGMAS = (0.05, 0.1, 0.2)
 DATA_END_DIGITS = 2000  # held-out digits noised for the data-end bit error

@@ -47,6 +47,7 @@ from diffusers_binflow.metrics.distribution import (
     total_variation,
     validity_rate,
 )
+from diffusers_binflow.schedulers.scheduling_binary_flow_match import SOLVERS
 from diffusers_binflow.synthetic import IsingModel, LinearCode, ProductBernoulliMixture, exact_posterior_mean
 from diffusers_binflow.training import SEQUENCE_RECIPE, FlowLossConfig, flow_matching_loss
 
@@ -251,7 +252,7 @@ def main(argv=None):
                         help="Merge the seeds of runs with the same settings (e.g. run in parallel with --first_seed) "
                              "into --output_dir instead of running.")
     parser.add_argument("--nfes", type=int, nargs="+", default=[16])
-    parser.add_argument("--solvers", nargs="+", choices=["euler", "heun"], default=["euler"],
+    parser.add_argument("--solvers", nargs="+", choices=SOLVERS, default=["euler"],
                         help="Our samplers (Heun's N steps take 2N - 1 evaluations: the most that fit in each NFE).")
     parser.add_argument("--s_churn", type=float, nargs="+", default=[0.0],
                         help="Stochastic corrector strengths (0 = the deterministic Euler sampler).")
@@ -276,6 +277,9 @@ def main(argv=None):
         args.seeds = 1 if args.smoke else 3
     if args.seeds < 1 or args.first_seed < 0:
         parser.error("--seeds must be at least 1 and --first_seed at least 0.")
+    if any(args.s_churn) and set(args.solvers) != {"euler"}:  # refused before training, not after it as a failure
+        parser.error("--s_churn above 0 (the stochastic corrector) works with --solvers euler only: run the other "
+                     "solvers with --s_churn 0.")
     args.recipes = args.recipes or list(RECIPES)[:1 if args.smoke else None]
     if args.smoke:
         args.steps, args.batch_size, args.num_samples = 20, 64, 300

@@ -34,6 +34,7 @@ from .checkpoints import (
 from .flow import LOGIT_PREDICTION_TYPES, MAX_LIKELIHOOD_LOGIT
 from .hub import upload_pipeline_folder
 from .schedulers import BinaryFlowMatchScheduler
+from .schedulers.scheduling_binary_flow_match import SOLVERS
 from .model_cards import portable_value
 
 logger = logging.getLogger(__name__)
@@ -420,7 +421,9 @@ def add_sampler_arguments(group, num_inference_steps: int, sampling_final_likeli
     (default None: the recipe's ``--likelihood_cap``) and ``--sampling_final_likelihood_cap``
     (`sampling_final_likelihood_cap`; None: the sampling cap at the last step too)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
-    group.add_argument("--solver", default="euler", choices=["euler", "heun"])
+    group.add_argument("--solver", default="euler", choices=SOLVERS,
+                       help="The saved scheduler's ODE solver (BinaryFlowMatchScheduler's solver): euler, heun (two "
+                            "model calls per step) or multistep (second order at one call per step); default euler.")
     group.add_argument("--heun_first_step", action=argparse.BooleanOptionalAction, default=False,
                        help="The saved scheduler takes its first step, out of pure noise, with Heun's method "
                             "(BinaryFlowMatchScheduler's heun_first_step: one model call more); default off.")

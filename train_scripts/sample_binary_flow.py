@@ -56,9 +56,10 @@ def main(args):
         labels = None
     mask = torch.zeros(1, 1, 28, 28)
     mask[..., 14:, :] = 1  # regenerate the lower half
-    # Completion mixes best with stochastic steps (see BinaryFlowPipeline's docstring).
-    pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, solver="euler",
-                                                          stochastic_sampling=True)
+    # Completion mixes best with stochastic steps (see BinaryFlowPipeline's docstring); they replace whatever
+    # deterministic solver, first step or corrector the saved scheduler has, which they cannot be combined with.
+    pipe.scheduler = BinaryFlowMatchScheduler.from_config(pipe.scheduler.config, solver="euler", heun_first_step=False,
+                                                          s_churn=0.0, stochastic_sampling=True)
     completions = [pipe(batch_size=8, image=originals, mask_image=mask, class_labels=labels,
                         guidance_scale=args.guidance_scale if labels else 1.0,
                         num_inference_steps=args.num_inference_steps,

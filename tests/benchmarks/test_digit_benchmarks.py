@@ -65,9 +65,13 @@ def test_the_benchmarks_image_default_trains_and_samples_as_the_image_script_sav
 
 @pytest.mark.parametrize("options, steps, calls", [({}, [4, 8, 16], [4, 8, 16]),
                                                    ({"solver": "heun"}, [2, 4, 8], [3, 7, 15]),
-                                                   ({"heun_first_step": True}, [3, 7, 15], [4, 8, 16])])
+                                                   ({"heun_first_step": True}, [3, 7, 15], [4, 8, 16]),
+                                                   ({"solver": "multistep"}, [4, 8, 16], [4, 8, 16]),
+                                                   ({"solver": "multistep", "heun_first_step": True}, [3, 7, 15],
+                                                    [4, 8, 16])])
 def test_each_sampler_runs_the_most_steps_whose_model_calls_fit_in_the_budget(options, steps, calls):
-    """NFE 4 / 8 / 16: Euler's N steps make N calls, Heun's 2N - 1, a Heun first step N + 1; one step always fits."""
+    """NFE 4 / 8 / 16: Euler's and the multistep solver's N steps make N calls, Heun's 2N - 1, a Heun first step
+    N + 1; one step always fits."""
     assert [digit_runs.steps_for(nfe, **options) for nfe in (4, 8, 16)] == steps
     assert [digit_runs.model_evaluations(n, **options) for n in steps] == calls
     assert digit_runs.steps_for(1, **options) == 1 and digit_runs.model_evaluations(1, **options) == 1

@@ -34,21 +34,29 @@ def test_synthetic_tv_smoke(tmp_path):
 
 
 def test_the_sampler_oracle_trains_nothing_and_heun_fits_its_evaluations_in_the_nfe(tmp_path, monkeypatch):
-    """The oracle is Euler (or Heun) on the exact posterior mean: no training, and on the code its samples are
-    codewords at the finite-sample floor; Heun within 16 evaluations runs 8 steps."""
+    """The oracle is each solver on the exact posterior mean: no training, and on the code its samples are
+    codewords at the finite-sample floor; Heun within 16 evaluations runs 8 steps, the multistep solver 16."""
     steps = []
     generate = synthetic_tv.generate
     monkeypatch.setattr(synthetic_tv, "generate", lambda *a, **k: steps.append((k["solver"], k["steps"])) or
                         generate(*a, **k))
     synthetic_tv.main(["--smoke", "--distributions", "random [16, 8] code", "--recipes",
-                       "exact posterior (sampler oracle)", "--solvers", "euler", "heun", "--nfes", "16",
+                       "exact posterior (sampler oracle)", "--solvers", "euler", "heun", "multistep", "--nfes", "16",
                        "--output_dir", str(tmp_path)])
-    assert steps == [("euler", 16), ("heun", 8)]
+    assert steps == [("euler", 16), ("heun", 8), ("multistep", 16)]
     rows = json.loads((tmp_path / "synthetic_tv.json").read_text())["rows"]
-    assert [row["solver"] for row in rows] == ["euler", "heun"]
+    assert [row["solver"] for row in rows] == ["euler", "heun", "multistep"]
     for row in rows:
         assert row["scores"]["validity"]["mean"] == 1.0 and row["tv_over_floor"]["mean"] < 1.2
     assert "| exact posterior (sampler oracle) | 16 | heun | 0 |" in (tmp_path / "synthetic_tv.md").read_text()
+
+
+@pytest.mark.parametrize("solver", ["heun", "multistep"])
+def test_the_corrector_with_another_solver_is_refused_before_training(tmp_path, capsys, solver):
+    with pytest.raises(SystemExit):
+        synthetic_tv.main(["--smoke", "--solvers", "euler", solver, "--s_churn", "0", "4", "--output_dir",
+                           str(tmp_path)])
+    assert "works with --solvers euler only" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def test_a_seed_whose_sampler_refuses_its_model_is_recorded_as_failed(tmp_path, monkeypatch):

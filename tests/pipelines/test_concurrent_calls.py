@@ -15,8 +15,8 @@ from tests.sequences.test_pipeline_binary_flow_sequence import make_pipeline as 
 THREADS, CALLS = 8, 4
 
 
-def image_sampler():
-    pipe = conditional_pipeline(solver="heun")  # Heun's corrector keeps state between two `step` calls
+def image_sampler(solver="heun"):
+    pipe = conditional_pipeline(solver=solver)  # Heun's corrector and the multistep solver keep state between steps
     return lambda seed: pipe(batch_size=2, class_labels=[0, 1], guidance_scale=1.5, num_inference_steps=3,
                              output_type="probs", generator=torch.Generator().manual_seed(seed)).images
 
@@ -33,8 +33,8 @@ def mimo_sampler():
                              generator=torch.Generator().manual_seed(seed)).probabilities
 
 
-@pytest.mark.parametrize("make_sampler", [image_sampler, sequence_sampler, mimo_sampler],
-                         ids=["image", "sequence", "mimo"])
+@pytest.mark.parametrize("make_sampler", [image_sampler, lambda: image_sampler("multistep"), sequence_sampler,
+                                          mimo_sampler], ids=["image", "image, multistep", "sequence", "mimo"])
 def test_concurrent_calls_of_one_pipeline_equal_sequential_calls(make_sampler):
     sample = make_sampler()
     seeds = [[THREADS * call + thread for call in range(CALLS)] for thread in range(THREADS)]

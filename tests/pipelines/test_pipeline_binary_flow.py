@@ -402,10 +402,11 @@ def test_a_denoiser_whose_input_channels_do_not_fit_the_self_conditioning_is_ref
 # ----------------------------------------------------------------------------------- completion
 
 
-@pytest.mark.parametrize("solver", [{}, {"solver": "heun"}, {"heun_first_step": True}],
-                         ids=["euler", "heun", "heun_first_step"])
+@pytest.mark.parametrize("solver", [{}, {"solver": "heun"}, {"heun_first_step": True}, {"solver": "multistep"}],
+                         ids=["euler", "heun", "heun_first_step", "multistep"])
 def test_completion_keeps_known_bits_exactly_for_every_output_and_format(solver):
-    """Also with Heun's predictor and corrector, where the known bits are re-imposed between the two calls."""
+    """Also with Heun's predictor and corrector, where the known bits are re-imposed between the two calls, and
+    with the multistep solver, which extrapolates from the estimate made before they were last re-imposed."""
     pipe = tiny_pipeline(final_step="bernoulli", **solver)
     image = (torch.rand(2, 1, 8, 8, generator=seeded(9)) < 0.5).float()
     mask = torch.zeros(1, 1, 8, 8)

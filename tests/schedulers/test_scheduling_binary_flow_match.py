@@ -89,6 +89,50 @@ def test_heun_first_step_is_heuns_step_then_euler_steps():
     assert torch.equal(run_sampler(heun_first, smooth_velocity, start), run_sampler(heun, smooth_velocity, start))
 
 
+def multistep_by_hand(start, sigmas, previous=None):
+    """Euler steps plus the multistep term ``b (s' log(s / s') - (s - s'))``, b the slope of x_hat in sigma through
+    the previous step's estimate `previous` (sigma, x_hat); the step into sigma = 0 returns x_hat."""
+    sample = start
+    for sigma, sigma_next in zip(sigmas, sigmas[1:]):
+        x_hat = sample - sigma * smooth_velocity(sample, sigma)
+        if sigma_next == 0:
+            return x_hat
+        step = (sigma_next / sigma) * sample + (1 - sigma_next / sigma) * x_hat
+        if previous is not None:
+            slope = (x_hat - previous[1]) / (sigma - previous[0])
+            step = step + slope * (sigma_next * math.log(sigma / sigma_next) - (sigma - sigma_next))
+        previous, sample = (sigma, x_hat), step
+
+
+def test_multistep_is_euler_first_then_extrapolates_the_estimate_linearly_in_sigma():
+    scheduler = BinaryFlowMatchScheduler(prediction_type="velocity", solver="multistep", final_step="none")
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [1000.0, 750.0, 500.0, 250.0] and scheduler.order == 1  # N calls
+    start = dummy_sample(shape=(64,))
+    expected = multistep_by_hand(start, [1.0, 0.75, 0.5, 0.25, 0.0])
+    torch.testing.assert_close(run_sampler(scheduler, smooth_velocity, start), expected)
+    euler = BinaryFlowMatchScheduler(prediction_type="velocity", final_step="none")
+    euler.set_timesteps(4)
+    assert not torch.allclose(run_sampler(euler, smooth_velocity, start), expected)
+    # A second run of the same scheduler starts afresh: no estimate is carried over from the first.
+    scheduler.set_timesteps(4)
+    torch.testing.assert_close(run_sampler(scheduler, smooth_velocity, start), expected)
+
+
+def test_heun_first_step_starts_the_multistep_solver():
+    """The Heun step out of sigma = 1 is the multistep solver's starter: the next step extrapolates from the estimate
+    at the start of that Heun step (not from the corrector's, on the predicted state)."""
+    scheduler = BinaryFlowMatchScheduler(prediction_type="velocity", solver="multistep", heun_first_step=True,
+                                         final_step="none")
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [1000.0, 750.0, 750.0, 500.0, 250.0]  # N + 1 calls
+    start = dummy_sample(shape=(64,))
+    predictor = start - 0.25 * smooth_velocity(start, 1.0)
+    after_heun = start - 0.25 * (smooth_velocity(start, 1.0) + smooth_velocity(predictor, 0.75)) / 2
+    expected = multistep_by_hand(after_heun, [0.75, 0.5, 0.25, 0.0], previous=(1.0, start - smooth_velocity(start, 1.0)))
+    torch.testing.assert_close(run_sampler(scheduler, smooth_velocity, start), expected)
+
+
 def test_set_timesteps_moves_the_grid_to_the_device():
     scheduler = BinaryFlowMatchScheduler()
     scheduler.set_timesteps(3, device="cpu")
@@ -131,6 +175,7 @@ def test_renoise_carries_a_path_point_to_the_noisier_path_exactly():
     ({"s_churn": 1.0, "s_tmin": 0.8, "s_tmax": 0.2}, "0 <= s_tmin <= s_tmax <= 1"),
     ({"s_churn": 1.0, "s_noise": 0.0}, "`s_noise` must be a finite positive number"),
     ({"s_churn": 1.0, "solver": "heun"}, "works with solver='euler'"),
+    ({"s_churn": 1.0, "solver": "multistep"}, "works with solver='euler'"),
     ({"s_churn": 1.0, "stochastic_sampling": True}, "stochastic_sampling=False"),
 ])
 def test_bad_corrector_settings_are_refused(kwargs, message):
@@ -263,15 +308,20 @@ def solver_error(solver: str, steps: int) -> float:
     return (end - start * math.exp(-math.sin(3) / 3)).abs().max().item()
 
 
-@pytest.mark.parametrize("solver, order", [("euler", 1), ("heun", 2)])
-def test_measured_order_of_convergence(solver, order):
+# The multistep solver is second order; on this field its measured slopes over these grids are 2.2-2.3.
+@pytest.mark.parametrize("solver, lowest, highest", [("euler", 0.85, 1.15), ("heun", 1.85, 2.15), ("multistep", 1.85, 3)])
+def test_measured_order_of_convergence(solver, lowest, highest):
     errors = [solver_error(solver, n) for n in (32, 64, 128, 256)]
     slopes = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
-    assert all(abs(s - order) < 0.15 for s in slopes), (errors, slopes)
+    assert all(lowest < s < highest for s in slopes), (errors, slopes)
 
 
 def test_heun_is_far_more_accurate_than_euler_at_equal_steps():
     assert solver_error("heun", 16) < solver_error("euler", 16) / 20
+
+
+def test_multistep_is_more_accurate_than_euler_at_equal_model_calls():
+    assert solver_error("multistep", 16) < solver_error("euler", 16) / 4  # 0.034 against 0.158
 
 
 def test_velocity_euler_trajectory_equals_flow_match_euler_discrete():
@@ -447,6 +497,7 @@ def test_config_attributes_warn_and_missing_attributes_raise():
         ({"shift": float("inf")}, "`shift` must be a finite positive number"),
         ({"num_train_timesteps": 0}, "num_train_timesteps"),
         ({"solver": "heun", "stochastic_sampling": True}, "solver='euler' only"),
+        ({"solver": "multistep", "stochastic_sampling": True}, "solver='euler' only"),
         ({"heun_first_step": True, "stochastic_sampling": True}, "heun_first_step=True is for the deterministic"),
         ({"heun_first_step": True, "s_churn": 4.0}, "heun_first_step=True is for the deterministic samplers"),
         ({"likelihood_cap": 0.0}, "`likelihood_cap` must be a finite positive number"),

@@ -65,6 +65,8 @@ def test_every_script_takes_the_diffusers_example_flags(script, capsys):
     (("--lr_scheduler", "cosine_annealing"), "invalid choice"),
     (("--s_churn", "-1"), "--s_churn must be in [0, inf)"),
     (("--s_churn", "4", "--solver", "heun"), "works with --solver euler only: pass --s_churn 0 with --solver heun"),
+    (("--s_churn", "4", "--solver", "multistep"), "pass --s_churn 0 with --solver multistep"),
+    (("--solver", "rk4"), "invalid choice"),
     (("--s_churn", "4", "--heun_first_step"), "do not go together: pass --no-heun_first_step with --s_churn"),
     (("--sampling_shift", "0"), "--sampling_shift must be in (0, inf)"),
     (("--sampling_shift", "nan"), "--sampling_shift must be in (0, inf)"),
@@ -98,6 +100,8 @@ def test_the_saved_sampler_is_the_scripts_default_or_the_one_asked_for(script, c
     assert noise_scheduler_from_args(parse("--sampling_final_likelihood_cap", "1")).config.final_likelihood_cap == 1.0
     heun = noise_scheduler_from_args(parse("--solver", "heun", "--s_churn", "0")).config
     assert (heun.solver, heun.s_churn) == ("heun", 0.0)
+    multistep = noise_scheduler_from_args(parse("--solver", "multistep", "--s_churn", "0", "--heun_first_step")).config
+    assert (multistep.solver, multistep.heun_first_step) == ("multistep", True)
     if default:
         assert "pass --s_churn 0 with --solver heun" in refusal(script, capsys, "--solver", "heun")
 

@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,9 +107,16 @@ def test_a_short_run_writes_a_loadable_pipeline_grids_logs_and_card(trained):
     assert summary["digits_fd"] > 0 and 0 <= summary["digits_precision"] <= 1 and "| digits_fd |" in body
 
 
-def test_the_sampling_script_writes_a_grid_and_completions_that_keep_the_known_bits(trained, tmp_path):
-    """The second half of `make train`: samples and completions from the saved pipeline."""
+@pytest.mark.parametrize("saved_sampler", [{}, {"solver": "multistep", "heun_first_step": True}, {"s_churn": 4.0}],
+                         ids=["as trained", "multistep with a Heun first step", "corrector"])
+def test_the_sampling_script_writes_a_grid_and_completions_that_keep_the_known_bits(trained, tmp_path, saved_sampler):
+    """The second half of `make train`: samples and completions from the saved pipeline, whatever sampler it saved
+    (the completions' stochastic steps replace it)."""
     output_dir, _ = trained
+    if saved_sampler:
+        output_dir = Path(shutil.copytree(output_dir, tmp_path / "saved", ignore=shutil.ignore_patterns("checkpoint-*")))
+        config_file = output_dir / "scheduler" / "scheduler_config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **saved_sampler}))
     script = Path(__file__).resolve().parents[2] / "train_scripts" / "sample_binary_flow.py"
     proc = subprocess.run([sys.executable, str(script), "--pipeline", str(output_dir), "--output_dir",
                            str(tmp_path / "again"), "--num_inference_steps", "2"], capture_output=True, text=True,
