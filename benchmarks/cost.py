@@ -33,6 +33,7 @@ from diffusers_binflow.metrics.digits import digit_bits
 from diffusers_binflow.training import (
     IMAGE_RECIPE,
     IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP,
+    IMAGE_SAMPLING_SOLVER,
     flow_matching_loss,
 )
 
@@ -95,7 +96,8 @@ def sampling_runs(model, batch: int, nfe: int):
             return scheduler_timer(self, *args, **kwargs)
 
     pipeline = BinaryFlowPipeline(unet=model, prediction_type=IMAGE_RECIPE.prediction_type, scheduler=TimedScheduler(
-        prediction_type=IMAGE_RECIPE.prediction_type, final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP))
+        prediction_type=IMAGE_RECIPE.prediction_type, final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP,
+        solver=IMAGE_SAMPLING_SOLVER))
     pipeline.set_progress_bar_config(disable=True)
     plain_scheduler = FlowMatchEulerDiscreteScheduler()
 

@@ -31,7 +31,12 @@ from diffusers_binflow import BinaryFlowMatchScheduler, BinaryFlowPipeline
 from diffusers_binflow.diagnostics import per_sigma_bin_stats
 from diffusers_binflow.flow import MAX_LIKELIHOOD_LOGIT
 from diffusers_binflow.metrics.digits import digit_bits
-from diffusers_binflow.training import IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP, FlowLossConfig, flow_matching_loss
+from diffusers_binflow.training import (
+    IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP,
+    IMAGE_SAMPLING_SOLVER,
+    FlowLossConfig,
+    flow_matching_loss,
+)
 
 from .discrete_peers import input_channels, peer_loss, sample_peer
 from .training_loop import OutputGradients, train_loop
@@ -122,11 +127,17 @@ METHODS = {m.key: m for m in (
            "at 1 on the last step", prediction_type="likelihood_residual", loss_type="bce",
            timestep_sampling="logit_normal", sampling_likelihood_cap=2.0, sampling_final_likelihood_cap=1.0,
            trained_as="lr-bce-ln"),
-    # The image default (seventeenth stop): the model's own flow, and 1 nat at the last step, at every NFE.
+    # The image default's sampler up to the twentieth stop: the model's own flow, and 1 nat at the last step.
     Method("lr-bce-ln-full-final1", "likelihood residual + x-BCE, logit-normal; sampled with the likelihood in "
-           "full, capped at 1 on the last step (the image default)", prediction_type="likelihood_residual",
+           "full, capped at 1 on the last step", prediction_type="likelihood_residual",
            loss_type="bce", timestep_sampling="logit_normal",
            sampling_final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP, trained_as="lr-bce-ln"),
+    # The image default (twenty-first stop): the same, integrated with the multistep solver.
+    Method("lr-bce-ln-multistep", "likelihood residual + x-BCE, logit-normal; sampled with the likelihood in full, "
+           "capped at 1 on the last step, multistep solver (the image default)",
+           prediction_type="likelihood_residual", loss_type="bce", timestep_sampling="logit_normal",
+           sampling_final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP, solver=IMAGE_SAMPLING_SOLVER,
+           trained_as="lr-bce-ln"),
     # JiT's bounded weight (its v-loss clamp in x-space) on the likelihood residual: the image default's training
     # plus the weight that keeps JiT's recipe improving with NFE at 2000 steps (issue 13, seventh stop).
     Method("lr-bce-w-ln", "likelihood residual + x-BCE x min(sigma^-2, 400), logit-normal",
@@ -143,7 +154,7 @@ METHODS = {m.key: m for m in (
     Method("dfm-mask", "discrete FM, mask source (Meta flow_matching)", family="dfm_mask", sampler="dfm_euler"),
 )}
 
-IMAGE_DEFAULT = "lr-bce-ln-full-final1"  # the image script's recipe and saved sampler (training.IMAGE_RECIPE)
+IMAGE_DEFAULT = "lr-bce-ln-multistep"  # the image script's recipe and saved sampler (training.IMAGE_RECIPE)
 
 
 @dataclass

@@ -144,8 +144,9 @@ def check_arguments(parser, args, at_least_one=()):
                          f"got {value}.")
     if getattr(args, "s_churn", 0) > 0 and args.solver != "euler":
         parser.error(f"--s_churn {args.s_churn:g} (the stochastic corrector; this script's default is "
-                     f"{parser.get_default('s_churn'):g}) works with --solver euler only: pass --s_churn 0 with "
-                     f"--solver {args.solver}.")
+                     f"{parser.get_default('s_churn'):g}) works with --solver euler only (this script's default is "
+                     f"{parser.get_default('solver')}): pass --s_churn 0 with --solver {args.solver}, or --solver "
+                     "euler with --s_churn.")
     if getattr(args, "s_churn", 0) > 0 and getattr(args, "heun_first_step", False):
         parser.error(f"--s_churn {args.s_churn:g} (the stochastic corrector) and --heun_first_step do not go "
                      "together: pass --no-heun_first_step with --s_churn.")
@@ -414,16 +415,18 @@ class EpochOrder:
 
 
 def add_sampler_arguments(group, num_inference_steps: int, sampling_final_likelihood_cap: float | None = None,
-                          s_churn: float = 0.0, sampling_shift: float = 1.0):
+                          s_churn: float = 0.0, sampling_shift: float = 1.0, solver: str = "euler"):
     """Declare the sampler a script validates with and saves in its pipeline's scheduler: ``--num_inference_steps``,
-    ``--solver``, ``--heun_first_step`` (off by default), ``--s_churn`` (the stochastic corrector, default
-    `s_churn`), ``--sampling_shift`` (the time grid's shift, default `sampling_shift`), ``--sampling_likelihood_cap``
-    (default None: the recipe's ``--likelihood_cap``) and ``--sampling_final_likelihood_cap``
-    (`sampling_final_likelihood_cap`; None: the sampling cap at the last step too)."""
+    ``--solver`` (default `solver`), ``--heun_first_step`` (off by default), ``--s_churn`` (the stochastic corrector,
+    default `s_churn`), ``--sampling_shift`` (the time grid's shift, default `sampling_shift`),
+    ``--sampling_likelihood_cap`` (default None: the recipe's ``--likelihood_cap``) and
+    ``--sampling_final_likelihood_cap`` (`sampling_final_likelihood_cap`; None: the sampling cap at the last step
+    too)."""
     group.add_argument("--num_inference_steps", type=int, default=num_inference_steps)
-    group.add_argument("--solver", default="euler", choices=SOLVERS,
-                       help="The saved scheduler's ODE solver (BinaryFlowMatchScheduler's solver): euler, heun (two "
-                            "model calls per step) or multistep (second order at one call per step); default euler.")
+    group.add_argument("--solver", default=solver, choices=SOLVERS,
+                       help="The saved scheduler's ODE solver (BinaryFlowMatchScheduler's solver): euler, heun "
+                            "(two model calls per step) or multistep (second order at one call per step); default "
+                            f"{solver}.")
     group.add_argument("--heun_first_step", action=argparse.BooleanOptionalAction, default=False,
                        help="The saved scheduler takes its first step, out of pure noise, with Heun's method "
                             "(BinaryFlowMatchScheduler's heun_first_step: one model call more); default off.")

@@ -5,7 +5,8 @@
 
 The defaults are the image default, chosen by measurement (`training.IMAGE_RECIPE`; BENCHMARKS.md): a
 likelihood-residual output trained with cross-entropy under logit(sigma) ~ N(0.8, 0.8) (sigma = 1 is noise; the
-paper's t = 1 - sigma), saved with an Euler scheduler that reads the bits under a 1-nat cap on the likelihood term.
+paper's t = 1 - sigma), saved with a scheduler that integrates with the multistep solver (second order, one model
+call per step) and reads the bits under a 1-nat cap on the likelihood term.
 The result is a `BinaryFlowPipeline` saved in --output_dir.
 """
 
@@ -41,6 +42,7 @@ from diffusers_binflow.models import build_unet
 from diffusers_binflow.training import (
     IMAGE_RECIPE,
     IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP,
+    IMAGE_SAMPLING_SOLVER,
     RECIPE_OPTIONS,
     FlowLossConfig,
     add_recipe_arguments,
@@ -104,7 +106,7 @@ def parse_args(argv=None):
 
     evaluate = parser.add_argument_group("validation")
     evaluate.add_argument("--validation_steps", type=int, default=250)
-    add_sampler_arguments(evaluate, num_inference_steps=16,
+    add_sampler_arguments(evaluate, num_inference_steps=16, solver=IMAGE_SAMPLING_SOLVER,
                           sampling_final_likelihood_cap=IMAGE_SAMPLING_FINAL_LIKELIHOOD_CAP)
     evaluate.add_argument("--guidance_scale", type=float, default=2.0, help="For class-conditional validation.")
     evaluate.add_argument("--metrics_num_samples", type=int, default=0,

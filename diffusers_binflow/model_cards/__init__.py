@@ -67,8 +67,8 @@ def is_our_model_card(readme: Path) -> bool:
 
 
 def image_sampler(pipeline) -> dict:
-    """What an image pipeline's scheduler samples with, for its card: ``heun_first_step``, and the caps it puts on a
-    likelihood-residual output's likelihood term, ``sampling_likelihood_cap`` (every step) and
+    """What an image pipeline's scheduler samples with, for its card: ``solver``, ``heun_first_step``, and the caps
+    it puts on a likelihood-residual output's likelihood term, ``sampling_likelihood_cap`` (every step) and
     ``sampling_final_likelihood_cap`` (the last one), each None unless it binds (below `MAX_LIKELIHOOD_LOGIT`; the last
     one only where it differs from the every-step one), both read as the pipeline reads them
     (`BinaryFlowPipeline.readout`); the card then says how to read the likelihood in full."""
@@ -80,6 +80,7 @@ def image_sampler(pipeline) -> dict:
 
     return {"sampling_likelihood_cap": binding(cap),
             "sampling_final_likelihood_cap": binding(final_cap) if final_cap != cap else None,
+            "solver": pipeline.scheduler.config.get("solver", "euler"),
             "heun_first_step": bool(pipeline.scheduler.config.get("heun_first_step", False))}
 
 

@@ -68,7 +68,8 @@ class BinaryFlowPipeline(StepEndCallbackMixin, SelfConditioningMixin, BinflowHub
             twice its `out_channels`. Defaults to the denoiser config's `self_conditioning`, else False.
 
     Passing `image` and `mask_image` to `__call__` completes an image: bits where the mask is 1 are generated,
-    the others are kept exactly. Completion is most consistent with a scheduler set to `stochastic_sampling=True`.
+    the others are kept exactly. Completion is most consistent with a scheduler set to `stochastic_sampling=True`
+    (Euler steps only: `from_config(pipe.scheduler.config, solver="euler", stochastic_sampling=True)`).
     """
 
     model_cpu_offload_seq = "unet"

@@ -588,7 +588,7 @@ def test_the_last_evaluation_is_read_under_the_final_likelihood_cap_by_the_bits_
 def test_a_card_names_the_likelihood_caps_and_the_first_step_its_scheduler_samples_with():
     """`push_to_hub`'s card reads the scheduler: no cap, a cap on every step (with or without a smaller one at the
     last step), or only the last step's; each card names how to read the likelihood in full. A Heun first step is
-    named with the way back to plain Euler steps."""
+    named with the way back to plain Euler steps, and so is the multistep solver."""
     from diffusers_binflow.model_cards import pipeline_model_card
 
     pipe = tiny_pipeline(prediction_type="likelihood_residual")
@@ -607,3 +607,6 @@ def test_a_card_names_the_likelihood_caps_and_the_first_step_its_scheduler_sampl
     assert "Heun's method" not in both  # and the first step, when the scheduler takes it with Heun:
     assert "first step, out of pure noise, with Heun's method: N steps make N + 1 model calls" in card(
         heun_first_step=True)
+    assert "multistep" not in both  # and the multistep solver, with the way back to Euler steps:
+    assert "integrates with its multistep solver: second order at one model call per step" in card(solver="multistep")
+    assert 'from_config(pipe.scheduler.config, solver="euler")` gives Euler steps' in card(solver="multistep")

@@ -129,7 +129,8 @@ def test_heun_first_step_starts_the_multistep_solver():
     start = dummy_sample(shape=(64,))
     predictor = start - 0.25 * smooth_velocity(start, 1.0)
     after_heun = start - 0.25 * (smooth_velocity(start, 1.0) + smooth_velocity(predictor, 0.75)) / 2
-    expected = multistep_by_hand(after_heun, [0.75, 0.5, 0.25, 0.0], previous=(1.0, start - smooth_velocity(start, 1.0)))
+    first_estimate = start - smooth_velocity(start, 1.0)  # x_hat at sigma = 1 (velocity prediction)
+    expected = multistep_by_hand(after_heun, [0.75, 0.5, 0.25, 0.0], previous=(1.0, first_estimate))
     torch.testing.assert_close(run_sampler(scheduler, smooth_velocity, start), expected)
 
 
@@ -309,7 +310,8 @@ def solver_error(solver: str, steps: int) -> float:
 
 
 # The multistep solver is second order; on this field its measured slopes over these grids are 2.2-2.3.
-@pytest.mark.parametrize("solver, lowest, highest", [("euler", 0.85, 1.15), ("heun", 1.85, 2.15), ("multistep", 1.85, 3)])
+@pytest.mark.parametrize("solver, lowest, highest",
+                         [("euler", 0.85, 1.15), ("heun", 1.85, 2.15), ("multistep", 1.85, 3)])
 def test_measured_order_of_convergence(solver, lowest, highest):
     errors = [solver_error(solver, n) for n in (32, 64, 128, 256)]
     slopes = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
