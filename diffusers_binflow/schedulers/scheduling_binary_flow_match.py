@@ -350,11 +350,12 @@ class BinaryFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         else:
             velocity = predict_velocity(output, state, sigma, *self.readout())
             prev_sample = state + (landing - sigma) * velocity
+            predictor = self._heun_predictor()
             if self.config.solver == "multistep":
-                if not self._heun_predictor():
+                if not predictor:
                     prev_sample = prev_sample + self._multistep_correction(x0, sigma, landing)
                 self._previous_estimate = (sigma, x0)
-            if self._heun_predictor():
+            if predictor:
                 self._heun_first_stage = (state, velocity, landing - sigma)
             elif sigma_next > landing:
                 noise = self.config.s_noise * randn_tensor(state.shape, generator=generator, device=state.device)
